@@ -1,0 +1,5 @@
+"""kdbench: a benchmark suite for knowledge distillation on any timm teacher/student pair."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

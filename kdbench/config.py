@@ -1,0 +1,300 @@
+"""Run specs, their stable ids, and type-checked ``--set`` overrides of method hyperparameters.
+
+A :class:`RunSpec` says *what* is run: dataset, models, method and its hyperparameters, seed and training budget.
+Its stable hash is the run id: the same spec always maps to the same id, so resume and de-duplication are a
+lookup in the results store. *Where* it runs (device, data root, results folder) is not part of the spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdbench.errors import ConfigError
+
+SCHEDULES = ("cosine", "multistep")
+TEACHER_SOURCES = ("trained", "checkpoint", "pretrained", "none", "self")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one run: the unit of the results store.
+
+    Attributes:
+        dataset: registered dataset name.
+        student: timm model name of the student.
+        method: registered method name.
+        teacher: timm model name of the teacher; ``None`` for a method that uses no separate teacher.
+        method_params: every hyperparameter of the method, defaults included.
+        seed: seed of the student's initialisation, the data order and augmentation, and the method's randomness.
+        epochs: training epochs of the student.
+        batch_size: training batch size.
+        lr: peak learning rate of SGD.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay of SGD.
+        schedule: ``cosine`` (per step, to zero) or ``multistep`` (x ``lr_decay`` at each of ``milestones``).
+        milestones: epochs at which ``multistep`` decays the learning rate.
+        lr_decay: the multistep decay factor.
+        warmup_epochs: linear warm-up epochs before the schedule.
+        teacher_epochs: epochs a teacher trained by kdbench gets (same optimiser settings as the student).
+        teacher_seed: seed of the teacher's training; one teacher serves every student seed.
+        teacher_source: ``trained`` (by kdbench, cached), ``checkpoint``, ``pretrained`` (timm weights), ``none``,
+            or ``self`` (the method makes its own teachers from the student, as born-again networks do).
+        teacher_ckpt_sha256: content hash of the teacher checkpoint when ``teacher_source == "checkpoint"``.
+        val_fraction: share of the training split held out for validation (0: none, as the CIFAR protocol).
+        image_size: side of the square inputs; ``None`` for the dataset's native size.
+        data_options: dataset-specific options (e.g. the shape of ``synthetic``).
+        amp: bf16 autocast for teacher and student.
+        channels_last: channels-last memory format for teacher and student.
+        teacher_ckpt: where the teacher checkpoint lies; not part of the run id (its sha256 is).
+    """
+
+    dataset: str
+    student: str
+    method: str
+    teacher: str | None = None
+    method_params: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
+    warmup_epochs: int = 0
+    teacher_epochs: int = 5
+    teacher_seed: int = 0
+    teacher_source: str = "trained"
+    teacher_ckpt_sha256: str | None = None
+    val_fraction: float = 0.1
+    image_size: int | None = None
+    data_options: Mapping[str, Any] = field(default_factory=dict)
+    amp: bool = False
+    channels_last: bool = False
+    teacher_ckpt: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_budget(self)
+
+    @property
+    def run_id(self) -> str:
+        """The stable id: ``<dataset>-<method>-<12 hex digits of the spec's hash>``."""
+        return f"{self.dataset}-{self.method}-{spec_hash(self)[:12]}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-ready data."""
+        out = dataclasses.asdict(self)
+        out["method_params"] = dict(self.method_params)
+        out["data_options"] = dict(self.data_options)
+        out["milestones"] = list(self.milestones)
+        return out
+
+
+def validate_budget(spec: RunSpec) -> None:
+    """Check the numbers of a spec; raise a one-line :class:`ConfigError` for the first problem."""
+    checks = [
+        (spec.epochs > 0, f"epochs must be > 0 (got {spec.epochs})"),
+        (spec.batch_size > 0, f"batch size must be > 0 (got {spec.batch_size})"),
+        (spec.lr > 0, f"lr must be > 0 (got {spec.lr})"),
+        (spec.momentum >= 0, f"momentum must be >= 0 (got {spec.momentum})"),
+        (spec.weight_decay >= 0, f"weight decay must be >= 0 (got {spec.weight_decay})"),
+        (spec.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)} (got {spec.schedule!r})"),
+        (spec.schedule != "multistep" or bool(spec.milestones), "the multistep schedule needs milestones"),
+        (all(m > 0 for m in spec.milestones), f"milestones must be positive epochs (got {list(spec.milestones)})"),
+        (0 < spec.lr_decay <= 1, f"lr decay must be in (0, 1] (got {spec.lr_decay})"),
+        (0 <= spec.warmup_epochs < spec.epochs or spec.warmup_epochs == 0,
+         f"warmup epochs must be in [0, epochs) (got {spec.warmup_epochs})"),
+        (spec.teacher_epochs > 0 or spec.teacher_source != "trained",
+         f"teacher epochs must be > 0 (got {spec.teacher_epochs})"),
+        (0 <= spec.val_fraction < 1, f"val fraction must be in [0, 1) (got {spec.val_fraction})"),
+        (spec.image_size is None or spec.image_size >= 4, f"image size must be >= 4 (got {spec.image_size})"),
+        (spec.teacher_source in TEACHER_SOURCES, f"unknown teacher source {spec.teacher_source!r}"),
+        (spec.teacher is not None or spec.teacher_source in ("none", "self"),
+         f"method {spec.method!r} needs a teacher; pass --teacher MODEL"),
+        (spec.teacher_source != "checkpoint" or bool(spec.teacher_ckpt_sha256),
+         "a checkpoint teacher needs its checkpoint's sha256"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+NOT_HASHED = ("teacher_ckpt",)
+
+
+def spec_hash(spec: RunSpec) -> str:
+    """SHA-256 of the spec's canonical JSON (key order and tuples normalised; the checkpoint path left out)."""
+    data = {k: v for k, v in spec.as_dict().items() if k not in NOT_HASHED}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def cohort_key(spec: RunSpec) -> tuple[Any, ...]:
+    """What runs must share to train together on one data stream and one teacher pass.
+
+    The data stream is fixed by the dataset, its options, the seed, batch size and epochs; the teacher by its
+    name, source and budget. Students, methods and optimiser settings may differ within a cohort.
+    """
+    teacher = None
+    if spec.teacher_source in ("trained", "checkpoint", "pretrained"):
+        teacher = (spec.teacher, spec.teacher_source, spec.teacher_ckpt_sha256, spec.teacher_epochs,
+                   spec.teacher_seed, spec.lr, spec.momentum, spec.weight_decay, spec.schedule, spec.milestones,
+                   spec.lr_decay, spec.warmup_epochs)
+    data = (spec.dataset, spec.val_fraction, spec.image_size, json.dumps(dict(spec.data_options), sort_keys=True),
+            spec.seed, spec.batch_size, spec.epochs, spec.amp, spec.channels_last)
+    return data, teacher
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Typed values for --set overrides and sweep grids
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (a string from the command line, or YAML data) to the annotated type ``tp``.
+
+    Supports ``bool``, ``int``, ``float``, ``str``, ``X | None``, ``Literal[...]`` and ``tuple[X, ...]``
+    (from a list or a comma-separated string).
+
+    Raises:
+        ConfigError: the value does not fit the type; the message names ``where`` and the expected type.
+    """
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce_value(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot use {value!r}")
+    if origin is typing.Literal:
+        for option in args:
+            if value == option or (isinstance(value, str) and str(option) == value):
+                return option
+        raise ConfigError(f"{where} must be one of {', '.join(repr(a) for a in args)} (got {value!r})")
+    if origin is tuple:
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{where} must be a list (got {value!r})")
+        item_type = args[0] if args else str
+        return tuple(coerce_value(v.strip() if isinstance(v, str) else v, item_type, where) for v in items)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{where} must be true or false (got {value!r})")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer (got {value!r})")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be an integer (got {value!r})")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number (got {value!r})")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number (got {value!r})")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string (got {value!r})")
+    raise ConfigError(f"{where}: unsupported parameter type {_type_name(tp)}")
+
+
+def dataclass_field_types(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a dataclass's fields (string annotations evaluated)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def build_params(params_cls: type, overrides: Mapping[str, Any], owner: str) -> Any:
+    """Instantiate a method's frozen ``Params`` dataclass from defaults plus type-checked ``overrides``.
+
+    Args:
+        params_cls: the method's ``Params`` dataclass.
+        overrides: parameter name -> value (strings are parsed to the field's type).
+        owner: the method name, for error messages.
+
+    Raises:
+        ConfigError: an unknown parameter (with close matches) or a value of the wrong type.
+    """
+    types_by_name = dataclass_field_types(params_cls)
+    values = {}
+    for name, raw in overrides.items():
+        if name not in types_by_name:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(types_by_name), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(types_by_name) or 'none'}"
+            raise ConfigError(f"method {owner!r} has no parameter {name!r}; {hint}")
+        values[name] = coerce_value(raw, types_by_name[name], f"{owner}.{name}")
+    try:
+        return params_cls(**values)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"invalid parameters for {owner!r}: {err}") from None
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    """A method's ``Params`` instance as plain data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(params)))
+
+
+def method_label(method: str, params: Any, params_cls: type) -> str:
+    """``kd`` when every parameter has its default, else ``kd(temperature=2)`` listing what differs."""
+    defaults = params_dict(params_cls())
+    current = params_dict(params)
+    changed = [f"{k}={_short(current[k])}" for k in current if current[k] != defaults.get(k)]
+    return f"{method}({','.join(changed)})" if changed else method
+
+
+def _short(value: Any) -> str:
+    """Compact text of a parameter value: ``2`` rather than ``2.0``, ``[1,2]`` for lists."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
+def parse_set_overrides(items: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Parse ``--set METHOD.PARAM=VALUE`` strings into ``{method: {param: value}}``.
+
+    Raises:
+        ConfigError: an item that is not of the form ``METHOD.PARAM=VALUE``.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, param = key.strip().partition(".")
+        if not sep or not dot or not method or not param:
+            raise ConfigError(f"--set expects METHOD.PARAM=VALUE, e.g. --set kd.temperature=2 (got {item!r})")
+        out.setdefault(method, {})[param] = value.strip()
+    return out

@@ -1,0 +1,241 @@
+"""Teachers: trained by kdbench once per (model, dataset, budget, seed) and cached, or loaded.
+
+A teacher is trained by kdbench and cached, loaded from a checkpoint, or taken from timm's pretrained weights.
+A cached teacher is a pair of files in the teacher cache (by default ``<results>/teachers``): the weights
+(``<name>.pt``, a plain state dict) and, written last, the metadata (``<name>.json``) with the weights' SHA-256.
+A checkpoint whose hash does not match, or that cannot be read, is retrained. Training is guarded by a file lock,
+so concurrent processes (two sweeps, Ray workers on a shared folder) train each teacher once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdbench.config import RunSpec, spec_hash
+from kdbench.data import Splits
+from kdbench.errors import KDBenchError, ModelError
+from kdbench.features import ModelInfo, describe_model
+from kdbench.models import create_model
+from kdbench.results import atomic_write_text
+from kdbench.training import Member, predict, top1, train_members
+
+ProgressFactory = Callable[[int, str], contextlib.AbstractContextManager[Callable[[int], None]]]
+
+
+@dataclass
+class Teacher:
+    """A ready teacher: the model in eval mode on the training device, and what records say about it."""
+
+    name: str
+    model: nn.Module
+    source: str
+    sha256: str | None
+    info: ModelInfo
+    top1: float | None
+    test_logits: Tensor | None = None
+
+
+def teacher_spec(spec: RunSpec) -> RunSpec:
+    """The run that trains ``spec``'s teacher: plain cross-entropy under the teacher budget and seed."""
+    assert spec.teacher is not None
+    return dataclasses.replace(
+        spec, student=spec.teacher, method="ce", method_params={"label_smoothing": 0.0}, teacher=None,
+        teacher_source="none", teacher_ckpt_sha256=None, teacher_ckpt=None, seed=spec.teacher_seed,
+        epochs=spec.teacher_epochs,
+    )
+
+
+def teacher_key(spec: RunSpec) -> str:
+    """File stem of ``spec``'s cached teacher: ``<model>-<dataset>-<hash of the teacher's training run>``."""
+    tspec = teacher_spec(spec)
+    return f"{tspec.student}-{tspec.dataset}-{spec_hash(tspec)[:12]}"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Load a state dict with ``weights_only=True``; accepts a bare state dict or one nested under a usual key.
+
+    Raises:
+        KDBenchError: the file cannot be read as a PyTorch checkpoint.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KDBenchError(f"cannot read checkpoint {path}: {first[:200]}") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise KDBenchError(f"checkpoint {path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, state: dict[str, Tensor], source: str, name: str) -> None:
+    """Load ``state`` into ``model`` strictly; a mismatch is a one-line error naming both."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise ModelError(f"checkpoint {source} does not fit model {name!r}: {detail[:200]}") from None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path``, held for the block; released by the OS if the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _eval_teacher(model: nn.Module, splits: Splits, spec: RunSpec) -> Tensor:
+    return predict(model, splits, "test", max(256, spec.batch_size), amp=spec.amp,
+                   channels_last=spec.channels_last).logits
+
+
+def _finish(name: str, model: nn.Module, source: str, sha256: str | None, splits: Splits, spec: RunSpec,
+            device: torch.device) -> Teacher:
+    model = model.to(device).eval().requires_grad_(False)
+    if spec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    info = splits.info
+    logits = _eval_teacher(model, splits, spec)
+    labels = splits.labels("test").to(logits.device)
+    return Teacher(name=name, model=model, source=source, sha256=sha256,
+                   info=describe_model(model, name, info.in_chans, info.image_size),
+                   top1=top1(logits, labels), test_logits=logits)
+
+
+def prepare_teacher(spec: RunSpec, splits: Splits, device: torch.device, cache_dir: Path,
+                    progress: ProgressFactory | None = None, log: Callable[[str], None] = print) -> Teacher:
+    """The teacher of ``spec``, ready on ``device``: loaded from the cache, a checkpoint or timm, or trained.
+
+    Args:
+        spec: a run whose method uses a teacher.
+        splits: the run's dataset.
+        device: the training device.
+        cache_dir: the teacher cache folder.
+        progress: makes a progress bar for teacher training.
+        log: where one-line notes go (a retrained corrupt checkpoint, say).
+
+    Raises:
+        KDBenchError: a given checkpoint is missing, unreadable, changed since the spec was made, or does not fit.
+    """
+    assert spec.teacher is not None
+    info = splits.info
+    build = dict(num_classes=info.num_classes, in_chans=info.in_chans, image_size=info.image_size)
+    if spec.teacher_source == "pretrained":
+        model = create_model(spec.teacher, pretrained=True, **build)
+        return _finish(spec.teacher, model, "pretrained", None, splits, spec, device)
+    if spec.teacher_source == "checkpoint":
+        path = Path(spec.teacher_ckpt or "")
+        if not path.is_file():
+            raise KDBenchError(f"teacher checkpoint not found: {spec.teacher_ckpt}")
+        sha = file_sha256(path)
+        if sha != spec.teacher_ckpt_sha256:
+            raise KDBenchError(f"teacher checkpoint {path} changed since the run was planned; plan the run again")
+        model = create_model(spec.teacher, **build)
+        load_weights(model, read_state_dict(path), str(path), spec.teacher)
+        return _finish(spec.teacher, model, "checkpoint", sha, splits, spec, device)
+    return _cached_or_trained(spec, splits, device, cache_dir, progress, log)
+
+
+def _cached_or_trained(spec: RunSpec, splits: Splits, device: torch.device, cache_dir: Path,
+                       progress: ProgressFactory | None, log: Callable[[str], None]) -> Teacher:
+    assert spec.teacher is not None
+    info = splits.info
+    key = teacher_key(spec)
+    weights, meta_path = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
+    with file_lock(cache_dir / f".{key}.lock"):
+        cached = _read_cached(weights, meta_path, spec.teacher, info, log)
+        if cached is not None:
+            model, sha = cached
+            return _finish(spec.teacher, model, "trained", sha, splits, spec, device)
+        tspec = teacher_spec(spec)
+        member = Member(tspec, info, None, device)
+        total = tspec.epochs * splits.num_batches("train", tspec.batch_size)
+        desc = f"teacher {spec.teacher} ({spec.dataset}, {tspec.epochs} ep)"
+        bar = progress(total, desc) if progress else contextlib.nullcontext(None)
+        with bar as update:
+            train_members([member], splits, None, progress=update)
+        if not member.active:
+            raise KDBenchError(f"training the teacher {spec.teacher!r} failed: {member.error}")
+        model = member.student
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        _atomic_torch_save(state, weights)
+        sha = file_sha256(weights)
+        teacher = _finish(spec.teacher, model, "trained", sha, splits, spec, device)
+        meta = {
+            "teacher": spec.teacher, "dataset": spec.dataset, "sha256": sha, "top1": teacher.top1,
+            "spec": tspec.as_dict(), "history": member.history,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        return teacher
+
+
+def _read_cached(weights: Path, meta_path: Path, name: str, info: Any,
+                 log: Callable[[str], None]) -> tuple[nn.Module, str] | None:
+    """The cached teacher if its files are complete and its hash matches; ``None`` (after a note) otherwise."""
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected = meta["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError, OSError):
+        log(f"teacher cache entry {meta_path.name} is unreadable; retraining the teacher")
+        return None
+    if not weights.is_file() or file_sha256(weights) != expected:
+        log(f"teacher checkpoint {weights.name} is missing or corrupt (hash mismatch); retraining the teacher")
+        return None
+    model = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans, image_size=info.image_size)
+    try:
+        load_weights(model, read_state_dict(weights), str(weights), name)
+    except KDBenchError as err:
+        log(f"{err}; retraining the teacher")
+        return None
+    return model, expected
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

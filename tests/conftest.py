@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny timm models on `digits`, isolated result stores, a registry sandbox for test methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_TEACHER = "test_resnet"
+TINY_STUDENT = "test_efficientnet"
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """A fresh results store folder."""
+    return tmp_path / "results"
+
+
+@pytest.fixture
+def tiny_run_args(results: Path) -> list[str]:
+    """`kdbench run` arguments for a seconds-long run on digits with timm's tiny test models."""
+    return [
+        "run", "--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT,
+        "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "64", "--device", "cpu",
+        "--no-progress", "--results", str(results),
+    ]
+
+
+@pytest.fixture
+def method_sandbox():
+    """Lets a test register methods; they are removed afterwards."""
+    from kdbench.distiller import METHODS, discover_methods
+
+    discover_methods()
+    before = set(METHODS.names())
+    yield METHODS
+    for name in set(METHODS.names()) - before:
+        METHODS.unregister(name)

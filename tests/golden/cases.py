@@ -1,0 +1,74 @@
+"""Fixed inputs on which every built-in method's loss terms are pinned (the golden values in this folder).
+
+Run ``python -m tests.golden.cases METHOD [METHOD ...]`` from the project root to (re)write a method's JSON file
+after a deliberate change of its loss; review the diff of the values before committing it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from kdbench.data import DatasetInfo
+from kdbench.distiller import Distiller, Step, get_method
+from kdbench.features import ModelInfo, StageShape
+
+GOLDEN_DIR = Path(__file__).parent
+BATCH = 8
+NUM_CLASSES = 10
+
+STUDENT = ModelInfo("student", NUM_CLASSES, 64, stages=(
+    StageShape(8, 16, 16, 2), StageShape(16, 8, 8, 4), StageShape(32, 4, 4, 8), StageShape(64, 2, 2, 16)))
+TEACHER = ModelInfo("teacher", NUM_CLASSES, 256, stages=(
+    StageShape(16, 16, 16, 2), StageShape(32, 8, 8, 4), StageShape(64, 4, 4, 8), StageShape(128, 2, 2, 16),
+    StageShape(256, 1, 1, 32)))
+DATA = DatasetInfo(name="fixture", num_classes=NUM_CLASSES, in_chans=3, image_size=32, native_size=32,
+                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), flip=True, crop_padding=4,
+                   sizes={"train": 64, "val": 0, "test": 16})
+
+
+def build(name: str) -> Distiller:
+    """The method with default hyperparameters, its modules initialised from seed 0."""
+    cls = get_method(name)
+    torch.manual_seed(0)
+    return cls(cls.Params(), STUDENT, TEACHER if cls.needs_teacher else None, DATA)
+
+
+def step_for(method: Distiller) -> Step:
+    """A fixed step: every tensor drawn from one seeded generator in a fixed order, whatever the method asks."""
+    g = torch.Generator().manual_seed(1234)
+    images = torch.randn(BATCH, 3, 32, 32, generator=g)
+    labels = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
+    student_logits = 2 * torch.randn(BATCH, NUM_CLASSES, generator=g)
+    teacher_logits = 3 * torch.randn(BATCH, NUM_CLASSES, generator=g)
+    s_feats = {i: torch.randn(BATCH, s.channels, s.height, s.width, generator=g) for i, s in enumerate(STUDENT.stages)}
+    t_feats = {i: torch.randn(BATCH, s.channels, s.height, s.width, generator=g) for i, s in enumerate(TEACHER.stages)}
+    uses_teacher = type(method).needs_teacher
+    return Step(
+        images=images, labels=labels, indices=torch.arange(BATCH), student_logits=student_logits,
+        student_features={i: s_feats[i] for i in method.student_stages},
+        teacher_logits=teacher_logits if uses_teacher else None,
+        teacher_features={i: t_feats[i] for i in method.teacher_stages} if uses_teacher else {},
+        epoch=0, epochs=10, iteration=0, iterations=10,
+    )
+
+
+def compute(name: str) -> dict[str, float]:
+    """The method's loss terms on the fixed step."""
+    method = build(name)
+    return {k: float(v) for k, v in method.losses(step_for(method)).items()}
+
+
+def golden_path(name: str) -> Path:
+    """Where the golden values of ``name`` live."""
+    return GOLDEN_DIR / f"{name}.json"
+
+
+if __name__ == "__main__":
+    for method_name in sys.argv[1:]:
+        values = compute(method_name)
+        golden_path(method_name).write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+        print(method_name, values)
