@@ -3,3 +3,5 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+import kdbench.zoo  # noqa: E402,F401 - registers the CIFAR KD zoo into timm's registry
