@@ -242,7 +242,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 # main
 
 
-SUBCOMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [add_run_parser, add_list_parser]
+def _add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from kdbench.bench import add_bench_parser
+
+    return add_bench_parser(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [add_run_parser, add_list_parser, _add_bench_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from kdbench.config import RunSpec
 from kdbench.data import DataConfig, Splits, load_dataset
-from kdbench.env import device_name, environment, resolve_device
+from kdbench.env import environment, resolve_device
 from kdbench.models import count_params_m
 from kdbench.plan import plan_cohorts
 from kdbench.results import read_record, write_record
@@ -290,12 +290,11 @@ def _efficiency(member: Member, splits: Splits, options: ExecOptions, device: to
 
     spec, info = member.spec, splits.info
     input_size = (info.in_chans, info.image_size, info.image_size)
-    key = {"model": spec.student, "input_size": list(input_size), "num_classes": info.num_classes,
-           "device": device_name(device), "threads": torch.get_num_threads(), "amp": spec.amp,
-           "channels_last": spec.channels_last, "torch": torch.__version__}
+    key = measure.efficiency_key(spec.student, input_size, info.num_classes, device=device, amp=spec.amp,
+                                 channels_last=spec.channels_last)
     fields = measure.cached_efficiency(
         options.results, key,
-        lambda: measure.efficiency(member.student, input_size, device=device.type, amp=spec.amp,
+        lambda: measure.efficiency(member.student, input_size, device=device, amp=spec.amp,
                                    channels_last=spec.channels_last))
     fields.pop("params_m", None)  # counted above on the trained student itself
     return fields

@@ -1,0 +1,114 @@
+"""Benchmark: cohort training (one teacher pass per batch for all runs) vs training the runs one at a time.
+
+Trains the same runs twice, side by side in one invocation, into two fresh stores that share one teacher cache
+(the teacher is trained first, outside the timed region), then reports:
+
+- the wall time of each way and the speed-up,
+- the ideal cohort time: the one-at-a-time total minus the teacher passes that a cohort does not repeat
+  (sum of each run's own time, plus one teacher pass),
+- whether every run's record is identical both ways (top-1 and loss history).
+
+Usage (from the project root)::
+
+    python tests/benchmarks/cohort_speedup.py --teacher resnet50 --student mobilenetv3_small_050 \\
+        --dataset mnist5k --epochs 1 --json reports/cohort_speedup.json
+
+The default runs are five teacher-using runs: kd at T = 2, 4, 8, fitnets and at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdbench.engine import ExecOptions, execute
+from kdbench.env import device_name, resolve_device
+from kdbench.plan import expand
+from kdbench.teachers import prepare_teacher
+
+DEFAULT_METHODS = {"kd": {"temperature": [2.0, 4.0, 8.0]}, "fitnets": {}, "at": {}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--teacher", default="resnet50")
+    p.add_argument("--student", default="mobilenetv3_small_050")
+    p.add_argument("--methods", default=json.dumps(DEFAULT_METHODS),
+                   help="JSON: method -> {param: [values]} (default: kd at T=2,4,8, fitnets, at)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--teacher-epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark and print (and return) its figures."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    specs = expand(dataset=args.dataset, pairs=[(args.teacher, args.student)], methods=json.loads(args.methods),
+                   seeds=[args.seed], epochs=args.epochs, teacher_epochs=args.teacher_epochs,
+                   batch_size=args.batch_size, image_size=args.image_size, amp=args.amp,
+                   channels_last=args.channels_last)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cache = root / "teachers"
+        base = dict(teacher_cache=cache, device=str(device), progress=False, measure=False, log=lambda _: None)
+        # the teacher is trained (and evaluated) once, before any timing
+        from kdbench.engine import load_splits
+
+        prepare_teacher(specs[0], load_splits(specs[0], ExecOptions(**base), device), device, cache)
+        timings, records = {}, {}
+        for way, cohort in (("cohort", True), ("one_at_a_time", False)):
+            options = ExecOptions(results=root / way, cohort=cohort, **base)
+            start = time.perf_counter()
+            records[way] = execute(specs, options)
+            timings[way] = time.perf_counter() - start
+    solo, together = records["one_at_a_time"], records["cohort"]
+    teacher_passes = [r["teacher_time_s"] for r in solo]
+    ideal = timings["one_at_a_time"] - sum(teacher_passes) + sum(teacher_passes) / len(teacher_passes)
+    identical = all(a["top1"] == b["top1"] and [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+                    for a, b in zip(together, solo, strict=True))
+    solo_share = sum(r["teacher_time_share"] for r in solo) / len(solo)
+    figures = {
+        "device": device_name(device), "threads": torch.get_num_threads(), "dataset": args.dataset,
+        "teacher": args.teacher, "student": args.student, "runs": [r["method_label"] for r in solo],
+        "epochs": args.epochs, "batch_size": args.batch_size, "amp": args.amp, "channels_last": args.channels_last,
+        "one_at_a_time_s": timings["one_at_a_time"], "cohort_s": timings["cohort"],
+        "speedup": timings["one_at_a_time"] / timings["cohort"], "ideal_cohort_s": ideal,
+        "cohort_over_ideal": timings["cohort"] / ideal, "teacher_share_of_step_solo": solo_share,
+        "records_identical": identical, "top1": {r["method_label"]: r["top1"] for r in solo},
+    }
+    print(f"{len(specs)} runs, {args.teacher} -> {args.student} on {args.dataset}, {args.epochs} epoch(s), "
+          f"{figures['device']}, {figures['threads']} threads")
+    print(f"  teacher share of a solo step: {solo_share:.0%}")
+    print(f"  one at a time: {timings['one_at_a_time']:.1f} s   cohort: {timings['cohort']:.1f} s   "
+          f"speed-up: {figures['speedup']:.2f}x")
+    print(f"  ideal cohort (one teacher pass + each run's own work): {ideal:.1f} s   "
+          f"cohort / ideal: {figures['cohort_over_ideal']:.2f}")
+    print(f"  records identical (top-1 and loss history): {identical}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    return figures
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
