@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from kdbench.errors import ConfigError, KDBenchError
+from kdbench.sweep import add_sweep_parser
 
 # The quick start: what `kdbench run` does with no arguments.
 QUICKSTART = {
@@ -248,7 +249,16 @@ def _add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     return add_bench_parser(subparsers)
 
 
-SUBCOMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [add_run_parser, add_list_parser, _add_bench_parser]
+def _add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from kdbench.report.command import add_report_parser
+
+    return add_report_parser(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [
+    add_run_parser, add_list_parser, _add_bench_parser, _add_report_parser,
+    add_sweep_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,7 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         argv = ["run"]  # the quick start
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # argparse's own exits (--help, --version, a bad flag), as a return code
+        return int(done.code or 0)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

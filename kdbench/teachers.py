@@ -13,9 +13,8 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,7 +29,7 @@ from kdbench.data import Splits
 from kdbench.errors import KDBenchError, ModelError
 from kdbench.features import ModelInfo, describe_model
 from kdbench.models import create_model
-from kdbench.results import atomic_write_text
+from kdbench.results import atomic_write_bytes, atomic_write_text
 from kdbench.training import Member, predict, top1, train_members
 
 ProgressFactory = Callable[[int, str], contextlib.AbstractContextManager[Callable[[int], None]]]
@@ -227,15 +226,7 @@ def _read_cached(weights: Path, meta_path: Path, name: str, info: Any,
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` written atomically (see :func:`kdbench.results.atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,94 @@
+"""Published vs measured: kdbench's CIFAR-100 runs next to the figures the papers report for the same pairs."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kdbench.errors import KDBenchError
+from kdbench.report.aggregate import PAIR_KEY
+
+COMPARISON_COLUMNS = [
+    "dataset", "teacher", "student", "method", "budget", "published_top1", "measured_top1", "measured_std", "n",
+    "difference", "reporting", "source",
+]
+
+
+def load_published_table() -> pd.DataFrame | None:
+    """The published table with zoo model names, or None when ``kdbench.published`` is not available.
+
+    Rows whose model is not in the zoo are dropped (nothing measured can match them).
+    """
+    try:
+        from kdbench.published import load_published, zoo_name
+    except ImportError:
+        return None
+    try:
+        published = load_published(None)
+    except (KDBenchError, OSError, ValueError):
+        return None
+    if published is None or published.empty:
+        return None
+
+    def zoo_or_none(name: object) -> str | None:
+        try:
+            return zoo_name(str(name))
+        except KDBenchError:
+            return None
+
+    published = published.copy()
+    published["teacher"] = [zoo_or_none(t) for t in published["teacher"]]
+    published["student"] = [zoo_or_none(s) for s in published["student"]]
+    return published.dropna(subset=["teacher", "student"]).reset_index(drop=True)
+
+
+def _measured_rows(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Measured top-1 per pair and method, named as the papers name them.
+
+    Each method's default variant counts, the baseline as ``ce`` and the pair's teacher as ``teacher``.
+    """
+    rows = []
+    for key, pair_rows in table.groupby(PAIR_KEY, sort=False, dropna=False):
+        pair = dict(zip(PAIR_KEY, key, strict=True)) | {"budget": pair_rows["budget"].iloc[0]}
+        teacher_top1 = pair_rows["teacher_top1"].iloc[0]
+        if pd.notna(teacher_top1):
+            rows.append(pair | {"method": "teacher", "measured_top1": teacher_top1, "measured_std": float("nan"),
+                                "n": 1})
+        for _, row in pair_rows[pair_rows["n"] > 0].iterrows():
+            default_variant = row["method_label"] == row["method"]
+            if not default_variant:
+                continue
+            method = "ce" if row["is_baseline"] and row["method"] == baseline else row["method"]
+            rows.append(pair | {"method": method, "measured_top1": row["top1_mean"],
+                                "measured_std": row["top1_std"], "n": row["n"]})
+    return pd.DataFrame(rows)
+
+
+def published_comparison(table: pd.DataFrame, baseline: str = "ce",
+                         published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Measured vs published top-1 for every (pair, method) present in both, CIFAR-100 only.
+
+    Args:
+        table: a leaderboard (:func:`kdbench.report.leaderboard`).
+        baseline: the baseline's label; it is compared with the papers' ``ce`` (student without distillation).
+        published: the published table with zoo model names; loaded from ``kdbench.published`` when None.
+
+    Returns:
+        One row per match (columns :data:`COMPARISON_COLUMNS`); empty when nothing matches or no published
+        table is available.
+    """
+    if published is None:
+        published = load_published_table()
+    if published is None or table.empty:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    measured = _measured_rows(table[table["dataset"] == "cifar100"], baseline)
+    if measured.empty:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    published = published.rename(columns={"top1": "published_top1"})
+    keep = [c for c in ("dataset", "teacher", "student", "method", "published_top1", "reporting", "source")
+            if c in published]
+    merged = measured.merge(published[keep], on=["dataset", "teacher", "student", "method"], how="inner")
+    for column in ("reporting", "source"):
+        if column not in merged:
+            merged[column] = None
+    merged["difference"] = merged["measured_top1"] - merged["published_top1"]
+    return merged[COMPARISON_COLUMNS].reset_index(drop=True)

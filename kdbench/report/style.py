@@ -1,0 +1,77 @@
+"""One look for every figure: paper sizes, small fonts, and one fixed colour-blind-safe colour per method.
+
+Colours come from the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design") followed by Paul Tol's
+"muted" scheme (https://personal.sron.nl/~pault/). Each method keeps its colour (and marker) in every figure and
+every report: built-in methods have a fixed slot in :data:`METHOD_ORDER`; other methods (plugins) follow in
+alphabetical order. The no-distillation baseline ``ce`` is grey and the teacher black.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+ONE_COLUMN_IN = 3.3
+TWO_COLUMN_IN = 7.0
+
+TEACHER_COLOUR = "#000000"
+BASELINE_COLOUR = "#777777"
+
+# Okabe-Ito without black (kept for the teacher), yellow last: it is faint on white.
+_OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+# Paul Tol "muted", without its pale grey.
+_TOL_MUTED = ["#332288", "#882255", "#117733", "#999933", "#44AA99", "#CC6677", "#AA4499", "#88CCEE", "#DDCC77"]
+PALETTE: list[str] = _OKABE_ITO + _TOL_MUTED + ["#F0E442"]
+# 11 markers against 16 colours: two methods that share a colour never share a marker as well.
+MARKERS: list[str] = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h"]
+
+# Built-in and classic KD methods, in the order that fixes their colours. New names go at the end only.
+METHOD_ORDER: list[str] = [
+    "kd", "dkd", "crd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
+    "dist", "ickd", "reviewkd", "mgd", "logit_std", "ttm", "tf_kd", "cs_kd", "byot", "born_again", "ps_kd",
+]
+
+STYLE: dict[str, Any] = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.frameon": False,
+    "axes.linewidth": 0.6,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.bbox": None,  # keep the paper size exactly: constrained layout already fits labels and legends
+    "pdf.fonttype": 42,  # embed TrueType: editable text, accepted by publishers
+    "ps.fonttype": 42,
+    "svg.fonttype": "none",
+    "figure.dpi": 100,
+}
+
+
+def method_slots(methods: Iterable[str], baseline: str = "ce") -> dict[str, int]:
+    """Palette slot of each method: fixed for built-ins, alphabetical after them for the others."""
+    slots: dict[str, int] = {name: index for index, name in enumerate(METHOD_ORDER)}
+    others = sorted({m for m in methods if m not in slots and m != baseline})
+    for offset, name in enumerate(others):
+        slots[name] = len(METHOD_ORDER) + offset
+    return slots
+
+
+def method_colour(method: str, slots: dict[str, int], baseline: str = "ce") -> str:
+    """The colour of ``method``: grey for the baseline, else its palette slot (cycling past the end)."""
+    if method == baseline:
+        return BASELINE_COLOUR
+    return PALETTE[slots[method] % len(PALETTE)]
+
+
+def method_marker(method: str, slots: dict[str, int], baseline: str = "ce") -> str:
+    """The marker of ``method``: a circle for the baseline, else one per slot, so colour is not the only cue."""
+    if method == baseline:
+        return "o"
+    return MARKERS[slots[method] % len(MARKERS)]
