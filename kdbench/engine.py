@@ -174,8 +174,11 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
         bar = _progress_factory(options)
         teacher: Teacher | None = None
         users = [s for s in mine if s.teacher is not None and s.teacher_source != "self"]
+        teacher_costs: dict[str, Any] = {}
         if users:
             teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar, log=options.log)
+            if options.measure:
+                teacher_costs = _teacher_costs(teacher, splits)
         members = []
         for spec in mine:
             try:
@@ -196,6 +199,8 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
         for member in members:
             record = _record(member, splits, teacher, options, device, cohort_id=cohort_id,
                              cohort_size=len(members), cohort_wall_s=wall)
+            if member.uses_teacher:
+                record.update(teacher_costs)
             write_record(options.results, record)
             options.log(_summary(record))
 
@@ -282,6 +287,15 @@ def _record(member: Member, splits: Splits, teacher: Teacher | None, options: Ex
     if options.measure:
         record.update(_efficiency(member, splits, options, device))
     return record
+
+
+def _teacher_costs(teacher: Teacher, splits: Splits) -> dict[str, Any]:
+    """The teacher's size and MACs, so that reports can place it beside its students."""
+    from kdbench import measure
+
+    info = splits.info
+    _, gmacs = measure.count_flops(teacher.model, (info.in_chans, info.image_size, info.image_size))
+    return {"teacher_params_m": count_params_m(teacher.model), "teacher_gmacs": gmacs}
 
 
 def _efficiency(member: Member, splits: Splits, options: ExecOptions, device: torch.device) -> dict[str, Any]:

@@ -129,7 +129,10 @@ def predict(model: nn.Module, splits: Splits, split: str, batch_size: int, *, am
             channels_last: bool = False, method: Distiller | None = None) -> Predictions:
     """Logits of ``model`` over a whole split (eval mode, no augmentation), plus a method's extra heads."""
     was_training = model.training
+    method_was_training = method.training if method is not None else False
     model.eval()
+    if method is not None:
+        method.eval()  # heads with BatchNorm must use their running statistics, and not update them
     device = next(model.parameters()).device
     stages = method.eval_student_stages if method is not None else ()
     logits, labels, extra = [], [], {}
@@ -144,6 +147,8 @@ def predict(model: nn.Module, splits: Splits, split: str, batch_size: int, *, am
                 extra.setdefault(name, []).append(value.float())
     finally:
         model.train(was_training)
+        if method is not None:
+            method.train(method_was_training)
     if not logits:
         return Predictions(torch.empty(0), torch.empty(0, dtype=torch.long))
     return Predictions(torch.cat(logits), torch.cat(labels), {k: torch.cat(v) for k, v in extra.items()})

@@ -114,6 +114,9 @@ def test_run_end_to_end_with_a_plugin_then_resume(tiny_run_args, results, capsys
     assert len(frame) == 6 and set(frame["status"]) == {"ok"}
     assert set(frame["method"]) == {"ce", "kd", "soft_ce"}
     assert frame["gmacs"].notna().all() and frame["cpu_latency_ms_bs1"].notna().all()
+    kd = frame[frame["method"] == "kd"]
+    assert (kd["teacher_gmacs"] > kd["gmacs"]).all() and (kd["teacher_params_m"] > 0).all()
+    assert frame.loc[frame["method"] == "ce", "teacher_gmacs"].isna().all()
     # resume: the same command trains nothing
     code, out2, err2 = run_cli(args, capsys)
     assert code == 0

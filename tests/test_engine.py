@@ -42,10 +42,12 @@ def strip_timing(record: dict) -> dict:
 
 def test_records_have_the_contract_fields(results):
     (record,) = execute(specs_for({"kd": {}}), options(results))
-    contract = ("run_id status error dataset teacher student method method_params seed epochs batch_size lr top1 "
-                "top5 nll ece agreement teacher_top1 val_top1 params_m extra_params_m train_time_s "
-                "train_samples_per_s device torch_version timm_version kdbench_version git_commit created_at "
-                "history").split()
+    contract = [
+        "run_id", "status", "error", "dataset", "teacher", "student", "method", "method_params", "seed", "epochs",
+        "batch_size", "lr", "top1", "top5", "nll", "ece", "agreement", "teacher_top1", "val_top1", "params_m",
+        "extra_params_m", "train_time_s", "train_samples_per_s", "device", "torch_version", "timm_version",
+        "kdbench_version", "git_commit", "created_at", "history",
+    ]
     assert [f for f in contract if f not in record] == []
     assert record["status"] == "ok" and record["error"] is None
     assert 0 <= record["top1"] <= 100 and 0 <= record["agreement"] <= 100 and 0 <= record["teacher_top1"] <= 100

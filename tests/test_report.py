@@ -502,3 +502,15 @@ def test_command_writes_chosen_formats(store: Path, tmp_path: Path, capsys: pyte
     assert set(written) == {".md"}
     printed = capsys.readouterr().out
     assert printed.startswith("cifar100: ") and f"files to {out}" in printed
+
+
+def test_teacher_cost_from_the_records_places_the_teacher_star(tmp_path: Path) -> None:
+    # no run trained the teacher as a student: its MACs come from teacher_gmacs in the kd records
+    for seed, top1 in ((0, 71.0), (1, 72.0)):
+        write_record(tmp_path, make_record(f"kd{seed}", teacher=P1[0], method="kd", method_label="kd",
+                                           teacher_source="trained", teacher_epochs=240, teacher_top1=79.42,
+                                           seed=seed, top1=top1, gmacs=0.177, teacher_gmacs=1.08))
+    figure = plot_accuracy_vs_cost(load(tmp_path), "gmacs")
+    stars = [line for line in figure.axes[0].lines if line.get_marker() == "*"]
+    assert len(stars) == 1
+    assert list(stars[0].get_xdata()) == [pytest.approx(1.08)] and list(stars[0].get_ydata()) == [79.42]

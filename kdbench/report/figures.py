@@ -167,7 +167,13 @@ def _model_costs(frame: pd.DataFrame, cost: str) -> tuple[dict[tuple[str, str], 
     ok = prepared[(prepared["status"] == "ok")]
     ok, machine = _measurement_machine(ok, cost)
     medians = ok.dropna(subset=[cost]).groupby(["dataset", "student"])[cost].median()
-    return {(str(d), str(m)): float(v) for (d, m), v in medians.items()}, machine
+    costs = {(str(d), str(m)): float(v) for (d, m), v in medians.items()}
+    teacher_cost = f"teacher_{cost}"  # size and MACs of teachers are in the records of the runs that used them
+    if teacher_cost in ok:
+        teachers = ok.dropna(subset=["teacher", teacher_cost]).groupby(["dataset", "teacher"])[teacher_cost].median()
+        for (d, m), v in teachers.items():
+            costs.setdefault((str(d), str(m)), float(v))
+    return costs, machine
 
 
 def _pareto_front(points: list[tuple[float, float]], lower_is_better: bool) -> list[tuple[float, float]]:
@@ -186,8 +192,9 @@ def _pareto_front(points: list[tuple[float, float]], lower_is_better: bool) -> l
 def plot_accuracy_vs_cost(frame: pd.DataFrame, cost: str = "gmacs", baseline: str = "ce") -> Figure:
     """Top-1 of every (pair, method) against the student's cost, with the Pareto front; teachers as black stars.
 
-    One panel per dataset and budget. A teacher whose cost is unknown (never trained as a student in the store)
-    is drawn as a dotted line at its accuracy.
+    One panel per dataset and budget. A teacher's params and MACs come from the records of the runs that used it;
+    a teacher whose cost is unknown (latency: never trained as a student in the store) is drawn as a dotted line
+    at its accuracy.
 
     Args:
         frame: a store loaded by :func:`kdbench.results.load`.

@@ -59,7 +59,7 @@ def step_for(method: Distiller) -> Step:
 def compute(name: str) -> dict[str, float]:
     """The method's loss terms on the fixed step."""
     method = build(name)
-    return {k: float(v) for k, v in method.losses(step_for(method)).items()}
+    return {k: float(v.detach()) for k, v in method.losses(step_for(method)).items()}
 
 
 def golden_path(name: str) -> Path:
