@@ -207,7 +207,8 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
 
 def _summary(record: dict[str, Any]) -> str:
     """One line per finished run."""
-    pair = f"{record.get('teacher') or 'none'} -> {record['student']}"
+    teacher = record.get("teacher") or ("self" if record.get("teacher_source") == "self" else "none")
+    pair = f"{teacher} -> {record['student']}"
     if record["status"] != "ok":
         return f"FAILED {record['method_label']:<14} {pair} seed {record['seed']}: {record['error']}"
     return (f"done   {record['method_label']:<14} {pair} seed {record['seed']}: top-1 {record['top1']:.2f}%  "

@@ -201,6 +201,7 @@ def _variant_row(rows: pd.DataFrame, baseline_seeds: pd.Series | None, is_baseli
     row: dict[str, Any] = {
         "method_label": rows["method_label"].iloc[0],
         "uses_teacher": bool(rows["uses_teacher"].iloc[0]),
+        "teacher_source": _first_text(rows["teacher_source"]) if "teacher_source" in rows else None,
         "is_baseline": is_baseline,
         "n": n,
         "n_failed": int((rows["status"] != "ok").sum()),
@@ -231,7 +232,8 @@ def _variant_row(rows: pd.DataFrame, baseline_seeds: pd.Series | None, is_baseli
 
 
 LEADERBOARD_COLUMNS = [
-    "dataset", "teacher", "student", "budget", "method", "method_label", "uses_teacher", "is_baseline", "n",
+    "dataset", "teacher", "student", "budget", "method", "method_label", "uses_teacher", "teacher_source",
+    "is_baseline", "n",
     "n_failed", "top1_mean", "top1_std", "top1_ci95", "top5_mean", "agreement_mean", "delta_top1", "delta_top1_std",
     "delta_top1_ci95", "n_paired", "teacher_top1", "params_m", "extra_params_m", "gmacs", "gflops",
     "cpu_latency_ms_bs1", "gpu_samples_per_s", "gpu_name", "train_time_s_mean", "method_params_json", "budget_key",

@@ -7,8 +7,8 @@ import pandas as pd
 from kdbench.report.aggregate import leaderboard, pair_groups
 from kdbench.report.formatting import DASH, fixed, is_missing, mean_pm, signed_pm, significant
 
-_HEADERS = ("method", "top-1 (%)", "Δ vs {baseline}", "agree (%)", "params (M)", "extra (M)")
-_RIGHT_ALIGNED = (False, True, True, True, True, True)
+_HEADERS = ("method", "teacher", "top-1 (%)", "Δ vs {baseline}", "agree (%)", "params (M)", "extra (M)")
+_RIGHT_ALIGNED = (False, False, True, True, True, True, True)
 
 
 def _top1_cell(row: pd.Series) -> str:
@@ -27,9 +27,17 @@ def _extra_cell(value: float) -> str:
     return DASH if is_missing(value) or value == 0 else significant(value)
 
 
+def _teacher_cell(row: pd.Series) -> str:
+    """Which teacher the method learned from: the pair's, none, or itself (born-again generations)."""
+    if row["uses_teacher"]:
+        return str(row["teacher"])
+    return "self" if row.get("teacher_source") == "self" else "none"
+
+
 def _row_cells(row: pd.Series) -> list[str]:
     return [
         str(row["method_label"]),
+        _teacher_cell(row),
         _top1_cell(row),
         _delta_cell(row),
         fixed(row["agreement_mean"], 1),
