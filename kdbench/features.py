@@ -1,19 +1,38 @@
-"""Feature taps through timm's own feature contract: ``forward_intermediates`` and ``feature_info``.
+"""Feature taps through timm's own feature contract, stage matching, and adapters.
 
-Every timm model that supports ``forward_intermediates`` (ResNets, ConvNeXts, EfficientNets, MobileNets, ViTs,
-Swins and kdbench's CIFAR zoo) exposes its stage outputs the same way, so a feature method written once works on
-any pair. ViT token features come back as NCHW maps with the prefix (class) tokens dropped.
+Taps. Every timm model that supports ``forward_intermediates`` (ResNets, ConvNeXts, EfficientNets, MobileNets,
+ViTs, Swins and kdbench's CIFAR zoo) exposes its stage outputs the same way, so a feature method written once
+works on any pair. A *stage* is one entry of the model's ``feature_info``; :func:`describe_model` measures each
+stage's map at the run's input size, :func:`forward_with_features` returns the logits and the requested maps from
+one forward pass. ViT token features come back as NCHW maps with the prefix (class, register) tokens dropped.
+
+Stage matching. Teacher and student rarely have the same number of stages (a ResNet has 5: stem and 4 layers; a
+ConvNeXt 4; a ViT one per block). Stage ``i`` of a model with ``n`` stages has the *relative depth*
+``i / (n - 1)``: the first stage is at 0, the last at 1. A method names its stages by relative depth, so one
+setting fits every pair; a depth picks the stage of nearest relative depth, a tie going to the deeper stage (0.5
+picks stage 2 of 5, stage 2 of 4, block 6 of 12). Methods may also take explicit stage indices (negative ones
+count from the last stage), which win over the depth for that model. Helpers: :func:`stage_at_depth`,
+:func:`select_stage`, :func:`select_stages`, :func:`shared_depths`.
+
+Adapters. :class:`FeatureAdapter` maps a student stage's map onto a teacher stage's shape (1x1 conv + BN for
+the channels, pooling or bilinear interpolation for the size); :func:`resize_map` and
+:func:`pool_to_common_size` are the spatial parts on their own. Adapters belong to the method, so they train
+with the student, count in ``extra_params_m`` and never ship with it.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.errors import ModelError
+from kdbench.errors import ConfigError, ModelError
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,11 @@ class ModelInfo:
     stages: tuple[StageShape, ...]
 
     @property
+    def num_stages(self) -> int:
+        """Number of feature stages (``len(feature_info)``); 0 without feature taps."""
+        return len(self.stages)
+
+    @property
     def supports_features(self) -> bool:
         """Whether the model exposes stage features through ``forward_intermediates``."""
         return bool(self.stages)
@@ -80,15 +104,21 @@ def describe_model(model: nn.Module, name: str, in_chans: int, image_size: int) 
             with torch.no_grad():
                 maps = model.forward_intermediates(torch.zeros(1, in_chans, image_size, image_size, device=device),
                                                    intermediates_only=True)
-        except (NotImplementedError, TypeError, AssertionError, RuntimeError):
+        except (NotImplementedError, TypeError, ValueError, AssertionError, RuntimeError):
             maps = []
         finally:
             model.train(was_training)
         info = list(model.feature_info)
-        if maps and len(maps) == len(info):
+        if _maps_match_feature_info(maps, info):
             stages = tuple(StageShape(int(m.shape[1]), int(m.shape[2]), int(m.shape[3]), int(f["reduction"]))
                            for m, f in zip(maps, info, strict=True))
     return ModelInfo(name=name, num_classes=num_classes, num_features=num_features, stages=stages)
+
+
+def _maps_match_feature_info(maps: Sequence[Tensor], info: Sequence[dict]) -> bool:
+    """Whether ``forward_intermediates`` gave one NCHW map per ``feature_info`` entry, with its channels."""
+    return bool(maps) and len(maps) == len(info) and all(
+        m.ndim == 4 and int(m.shape[1]) == int(f["num_chs"]) for m, f in zip(maps, info, strict=True))
 
 
 def forward_with_features(model: nn.Module, images: Tensor, stages: Sequence[int]) -> tuple[Tensor, dict[int, Tensor]]:
@@ -101,9 +131,145 @@ def forward_with_features(model: nn.Module, images: Tensor, stages: Sequence[int
 
     Returns:
         ``(logits, {stage index: NCHW feature map})``.
+
+    The pass runs to the end whatever the stages (``stop_early=False``: Hiera's default would stop at the
+    deepest requested stage) and asks for NCHW maps, where the model's ``forward_intermediates`` takes those
+    arguments.
     """
     if not stages:
         return model(images), {}
     ordered = sorted(set(stages))
-    final, maps = model.forward_intermediates(images, indices=ordered)
+    final, maps = model.forward_intermediates(images, indices=ordered, **_full_pass_options(type(model)))
     return model.forward_head(final), dict(zip(ordered, maps, strict=True))
+
+
+@functools.cache
+def _full_pass_options(model_cls: type) -> dict[str, object]:
+    """``stop_early=False`` and ``output_fmt="NCHW"``, for those that ``model_cls.forward_intermediates`` accepts."""
+    try:
+        accepted = inspect.signature(model_cls.forward_intermediates).parameters
+    except (TypeError, ValueError):
+        return {}
+    wanted = {"stop_early": False, "output_fmt": "NCHW"}
+    return {name: value for name, value in wanted.items() if name in accepted}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage matching
+
+
+def relative_depth(index: int, num_stages: int) -> float:
+    """Relative depth ``index / (num_stages - 1)`` of a stage: 0 for the first, 1 for the last (and a lone) one."""
+    return index / (num_stages - 1) if num_stages > 1 else 1.0
+
+
+def stage_at_depth(depth: float, num_stages: int) -> int:
+    """Index of the stage of nearest relative depth to ``depth``; a tie goes to the deeper stage.
+
+    Raises:
+        ConfigError: ``depth`` outside [0, 1], or no stages.
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ConfigError(f"a relative stage depth must be in [0, 1] (got {depth})")
+    if num_stages < 1:
+        raise ConfigError("a model without stages has no stage at any depth")
+    return min(num_stages - 1, math.floor(depth * (num_stages - 1) + 0.5 + 1e-9))
+
+
+def select_stage(info: ModelInfo, depth: float, index: int | None = None, *, what: str = "stage") -> int:
+    """The stage of ``info`` a method asked for.
+
+    ``index`` when given (negative counts from the end), else the stage of nearest relative ``depth``.
+
+    Args:
+        info: the model.
+        depth: relative depth in [0, 1].
+        index: an explicit stage index, or ``None``.
+        what: the parameter's name for error messages, e.g. ``"fitnets.student_stage"``.
+
+    Raises:
+        ConfigError: ``index`` out of range for this model (the message names the model and its stage count).
+    """
+    n = info.num_stages
+    if index is None:
+        return stage_at_depth(depth, n)
+    if not -n <= index < n:
+        raise ConfigError(f"{what}={index} is out of range for {info.name!r}, which has {n} stages "
+                          f"(0..{n - 1}, or -{n}..-1 from the end)")
+    return index % n
+
+
+def select_stages(info: ModelInfo, depths: Sequence[float], indices: Sequence[int] | None = None, *,
+                  what: str = "stages") -> tuple[int, ...]:
+    """Several stages of ``info``: the explicit ``indices`` when given, else one per relative depth in ``depths``."""
+    if indices is not None:
+        return tuple(select_stage(info, 0.0, i, what=what) for i in indices)
+    return tuple(stage_at_depth(d, info.num_stages) for d in depths)
+
+
+def shared_depths(student: ModelInfo, teacher: ModelInfo, *, skip_first: bool = True) -> tuple[float, ...]:
+    """The default relative depths at which to pair the stages of two models.
+
+    They are the depths of the stages of the model with fewer stages (each of its stages used once, each paired
+    with the other model's stage of nearest depth), leaving out its first stage (the stem of a ResNet or a
+    MobileNet, the first block of a ViT) when ``skip_first``.
+    """
+    n = min(student.num_stages, teacher.num_stages)
+    return tuple(relative_depth(i, n) for i in range(1 if skip_first else 0, n))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Spatial alignment and adapters
+
+
+def resize_map(feature: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize an NCHW map to ``size`` (height, width); unchanged when it already fits.
+
+    Adaptive average pooling when the map is at least as large on both sides, bilinear interpolation
+    (``align_corners=False``) otherwise (smaller, or larger on one side and smaller on the other). Pooling down
+    averages each output cell's input window, which is what a larger stride computes; interpolation up spreads
+    each cell smoothly over the finer grid instead of repeating it in blocks.
+    """
+    height, width = feature.shape[-2:]
+    if (height, width) == tuple(size):
+        return feature
+    if height >= size[0] and width >= size[1]:
+        return F.adaptive_avg_pool2d(feature, size)
+    return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
+
+
+def pool_to_common_size(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool the larger of two NCHW maps down to the smaller's height and width (each side separately)."""
+    size = (min(first.shape[-2], second.shape[-2]), min(first.shape[-1], second.shape[-1]))
+    return resize_map(first, size), resize_map(second, size)
+
+
+class FeatureAdapter(nn.Module):
+    """Maps a student stage's feature map onto a teacher stage's shape; owned and trained by the method.
+
+    Channels: a 1x1 convolution (no bias) followed by BatchNorm, when ``project`` (by default: when the channel
+    counts differ). Size: the student map is resized to the teacher map's height and width with
+    :func:`resize_map` (average pooling down, bilinear interpolation up) -- the student side moves, so the
+    teacher's map stays the untouched target, as with the regressor of the FitNets paper and the CRD code. Pooling
+    runs before the convolution and interpolation after it, so the convolution always works at the smaller size.
+
+    Args:
+        student: the student stage's shape at the run's input size.
+        teacher: the teacher stage's shape at the run's input size.
+        project: add the 1x1 conv + BN; ``None`` adds it only when the channel counts differ.
+    """
+
+    def __init__(self, student: StageShape, teacher: StageShape, project: bool | None = None) -> None:
+        super().__init__()
+        if project is None:
+            project = student.channels != teacher.channels
+        self.size = (teacher.height, teacher.width)
+        self.proj: nn.Module = (nn.Sequential(nn.Conv2d(student.channels, teacher.channels, 1, bias=False),
+                                              nn.BatchNorm2d(teacher.channels)) if project else nn.Identity())
+
+    def forward(self, feature: Tensor) -> Tensor:
+        """The student map in the teacher map's shape (N, teacher channels, teacher height, teacher width)."""
+        height, width = feature.shape[-2:]
+        if height >= self.size[0] and width >= self.size[1]:
+            return self.proj(resize_map(feature, self.size))
+        return resize_map(self.proj(feature), self.size)

@@ -44,6 +44,10 @@ _ALIASES = {
 }
 
 
+# Where a published table names a method differently from kdbench's registry.
+PUBLISHED_METHOD_NAMES = {"fitnet": "fitnets"}
+
+
 def load_published(dataset: str | None = None) -> pd.DataFrame:
     """Load the published accuracies, optionally for one dataset.
 
@@ -53,13 +57,15 @@ def load_published(dataset: str | None = None) -> pd.DataFrame:
 
     Returns:
         One row per (dataset, teacher, student, method) with the columns of :data:`PUBLISHED_COLUMNS`; ``top1`` is
-        a percentage (float), every other column a string.
+        a percentage (float), every other column a string. ``method`` uses kdbench's method names
+        (:data:`PUBLISHED_METHOD_NAMES` maps the table's own).
 
     Raises:
         DataError: a packaged table is missing columns (a damaged installation).
     """
     frames = [_read_table(entry) for entry in _published_tables()]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PUBLISHED_COLUMNS))
+    table["method"] = table["method"].replace(PUBLISHED_METHOD_NAMES)
     if dataset is not None:
         table = table[table["dataset"] == dataset].reset_index(drop=True)
     return table

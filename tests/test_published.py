@@ -54,7 +54,9 @@ def test_loader_has_the_columns_and_every_row():
     rows = raw_rows()
     assert list(table.columns) == COLUMNS
     assert len(table) == len(rows) == 199
+    renamed = {"fitnet": "fitnets"}  # the table's name for FitNets; kdbench's registry calls it fitnets
     for (_, loaded), raw in zip(table.iterrows(), rows, strict=True):
+        raw = {**raw, "method": renamed.get(raw["method"], raw["method"])}
         assert [loaded[c] for c in COLUMNS if c != "top1"] == [raw[c] for c in COLUMNS if c != "top1"]
         assert loaded["top1"] == pytest.approx(float(raw["top1"]))
 

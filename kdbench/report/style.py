@@ -27,8 +27,8 @@ MARKERS: list[str] = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h"]
 
 # Built-in and classic KD methods, in the order that fixes their colours. New names go at the end only.
 METHOD_ORDER: list[str] = [
-    "kd", "dkd", "crd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
-    "dist", "ickd", "reviewkd", "mgd", "logit_std", "ttm", "tf_kd", "cs_kd", "byot", "born_again", "ps_kd",
+    "kd", "dkd", "crd", "fitnets", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
+    "dist", "ickd", "reviewkd", "mgd", "logit_std", "ttm", "tfkd", "cs_kd", "byot", "ban", "ps_kd",
 ]
 
 STYLE: dict[str, Any] = {

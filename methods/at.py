@@ -1,0 +1,95 @@
+"""Attention transfer: the student matches the teacher's spatial attention maps at several stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdbench.distiller import Distiller, Step, register_method
+from kdbench.errors import ConfigError
+from kdbench.features import ModelInfo, pool_to_common_size, select_stages, shared_depths
+
+if TYPE_CHECKING:
+    from kdbench.data import DatasetInfo
+
+
+def attention_map(feature: Tensor, p: float = 2.0) -> Tensor:
+    """Q = mean over channels of |F|^p, flattened to (N, H*W) and L2-normalised per sample."""
+    return F.normalize(feature.float().abs().pow(p).mean(1).flatten(1), dim=1)
+
+
+def attention_loss(student_feature: Tensor, teacher_feature: Tensor, p: float = 2.0) -> Tensor:
+    """Mean over the batch and the positions of (Q_s - Q_t)², the larger map average-pooled to the smaller's size."""
+    student_feature, teacher_feature = pool_to_common_size(student_feature, teacher_feature)
+    return (attention_map(student_feature, p) - attention_map(teacher_feature, p)).pow(2).mean()
+
+
+@register_method("at")
+class AttentionTransfer(Distiller):
+    """Paying More Attention to Attention (Zagoruyko, Komodakis, ICLR 2017).
+
+    Paper: https://arxiv.org/abs/1612.03928
+    loss = ce_weight * CE(z_s, y) + beta * sum over matched stages j of mean_{n, k} (Q_s^j - Q_t^j)²_{n, k},
+    with Q = normalize(flatten(mean_c |F_c|^p)) per sample (p = 2) and, where the two maps of a pair differ in
+    size, the larger feature map average-pooled to the smaller's size before Q is taken.
+
+    Scale: this is the normalisation of the CRD code (Tian et al., 2020) and of mdistiller -- squared
+    differences averaged over batch and positions -- which their beta = 1000 assumes. The paper writes
+    beta/2 * ||Q_s/||Q_s|| - Q_t/||Q_t|| ||_2 per stage (a norm, not averaged over positions), a different scale:
+    its beta does not carry over to this loss.
+
+    Stages: by default the stages of the model with fewer stages, all but its first (the stem), each paired with
+    the other model's stage of nearest relative depth (:func:`kdbench.features.shared_depths`). The CRD code
+    takes its feature list without the stem and without the pooled vector (``feat[1:-1]``), i.e. every stage
+    map but the stem; timm's ``feature_info`` lists no pooled vector, so dropping the first stage is that
+    choice. ``depths`` or explicit ``student_indices`` / ``teacher_indices`` override it. The method adds no
+    trainable parameters.
+    """
+
+    @dataclass(frozen=True)
+    class Params:
+        """Hyperparameters of attention transfer.
+
+        Attributes:
+            beta: weight of the attention term (summed over the matched stages).
+            ce_weight: weight of the cross-entropy with the labels.
+            p: exponent of the attention map.
+            depths: relative depths in [0, 1] of the matched stages in both models (``None``: the default pairing).
+            student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
+            teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
+        """
+
+        beta: float = 1000.0
+        ce_weight: float = 1.0
+        p: float = 2.0
+        depths: tuple[float, ...] | None = None
+        student_indices: tuple[int, ...] | None = None
+        teacher_indices: tuple[int, ...] | None = None
+
+        def __post_init__(self) -> None:
+            if self.p <= 0:
+                raise ValueError(f"p must be > 0 (got {self.p})")
+            if self.depths is not None and not all(0.0 <= d <= 1.0 for d in self.depths):
+                raise ValueError(f"depths must lie in [0, 1] (got {list(self.depths)})")
+
+    def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo) -> None:
+        super().__init__(params, student, teacher, data)
+        student.require_features(self.name)
+        teacher.require_features(self.name)
+        depths = params.depths if params.depths is not None else shared_depths(student, teacher)
+        s = select_stages(student, depths, params.student_indices, what=f"{self.name}.student_indices")
+        t = select_stages(teacher, depths, params.teacher_indices, what=f"{self.name}.teacher_indices")
+        if len(s) != len(t) or not s:
+            raise ConfigError(f"{self.name} pairs {len(s)} student stage(s) with {len(t)} teacher stage(s); give "
+                              f"as many of each (at least one) through depths, student_indices, teacher_indices")
+        self.pairs = tuple(zip(s, t, strict=True))
+        self.student_stages, self.teacher_stages = tuple(sorted(set(s))), tuple(sorted(set(t)))
+
+    def losses(self, step: Step) -> dict[str, Tensor]:
+        """Weighted cross-entropy and attention terms."""
+        p = self.params
+        at = sum(attention_loss(step.student_features[s], step.teacher_features[t], p.p) for s, t in self.pairs)
+        return {"loss_ce": p.ce_weight * F.cross_entropy(step.student_logits, step.labels), "loss_at": p.beta * at}
