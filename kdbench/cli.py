@@ -93,6 +93,8 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="resize inputs to this square size (default: the dataset's own)")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. --data-option size=32 for synthetic; repeatable")
+    p.add_argument("--teacher-lr", type=float, default=None,
+                   help="peak learning rate of a teacher kdbench trains (default: --lr)")
     p.add_argument("--teacher-seed", type=int, default=0, help="seed of a teacher kdbench trains (default: 0)")
     p.add_argument("--teacher-ckpt", metavar="PATH", help="load the teacher from this checkpoint (weights only)")
     p.add_argument("--teacher-pretrained", action="store_true",
@@ -153,6 +155,7 @@ def build_run_specs(args: argparse.Namespace) -> list[Any]:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule, milestones=tuple(args.milestones),
         lr_decay=args.lr_decay, warmup_epochs=args.warmup_epochs, teacher_epochs=args.teacher_epochs,
+        teacher_lr=args.teacher_lr,
         teacher_seed=args.teacher_seed, val_fraction=args.val_fraction, image_size=args.image_size,
         data_options=data_options, amp=args.amp, channels_last=args.channels_last,
     )

@@ -42,7 +42,9 @@ class RunSpec:
         milestones: epochs at which ``multistep`` decays the learning rate.
         lr_decay: the multistep decay factor.
         warmup_epochs: linear warm-up epochs before the schedule.
-        teacher_epochs: epochs a teacher trained by kdbench gets (same optimiser settings as the student).
+        teacher_epochs: epochs a teacher trained by kdbench gets.
+        teacher_lr: peak learning rate of a teacher trained by kdbench (its other optimiser settings are the
+            student's); ``None`` where no teacher is trained.
         teacher_seed: seed of the teacher's training; one teacher serves every student seed.
         teacher_source: ``trained`` (by kdbench, cached), ``checkpoint``, ``pretrained`` (timm weights), ``none``,
             or ``self`` (the method makes its own teachers from the student, as born-again networks do).
@@ -71,6 +73,7 @@ class RunSpec:
     lr_decay: float = 0.1
     warmup_epochs: int = 0
     teacher_epochs: int = 5
+    teacher_lr: float | None = None
     teacher_seed: int = 0
     teacher_source: str = "trained"
     teacher_ckpt_sha256: str | None = None
@@ -114,6 +117,7 @@ def validate_budget(spec: RunSpec) -> None:
          f"warmup epochs must be in [0, epochs) (got {spec.warmup_epochs})"),
         (spec.teacher_epochs > 0 or spec.teacher_source != "trained",
          f"teacher epochs must be > 0 (got {spec.teacher_epochs})"),
+        (spec.teacher_lr is None or spec.teacher_lr > 0, f"teacher lr must be > 0 (got {spec.teacher_lr})"),
         (0 <= spec.val_fraction < 1, f"val fraction must be in [0, 1) (got {spec.val_fraction})"),
         (spec.image_size is None or spec.image_size >= 4, f"image size must be >= 4 (got {spec.image_size})"),
         (spec.teacher_source in TEACHER_SOURCES, f"unknown teacher source {spec.teacher_source!r}"),
@@ -146,7 +150,7 @@ def cohort_key(spec: RunSpec) -> tuple[Any, ...]:
     teacher = None
     if spec.teacher_source in ("trained", "checkpoint", "pretrained"):
         teacher = (spec.teacher, spec.teacher_source, spec.teacher_ckpt_sha256, spec.teacher_epochs,
-                   spec.teacher_seed, spec.lr, spec.momentum, spec.weight_decay, spec.schedule, spec.milestones,
+                   spec.teacher_seed, spec.teacher_lr, spec.momentum, spec.weight_decay, spec.schedule, spec.milestones,
                    spec.lr_decay, spec.warmup_epochs)
     data = (spec.dataset, spec.val_fraction, spec.image_size, json.dumps(dict(spec.data_options), sort_keys=True),
             spec.seed, spec.batch_size, spec.epochs, spec.amp, spec.channels_last)

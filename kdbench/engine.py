@@ -148,10 +148,12 @@ def claimed(results: Path, specs: Sequence[RunSpec], retry_failed: bool) -> Iter
 # One cohort
 
 
-def _progress_factory(options: ExecOptions) -> Callable[[int, str], contextlib.AbstractContextManager[Any]]:
+def progress_bars(enabled: bool) -> Callable[[int, str], contextlib.AbstractContextManager[Any]]:
+    """A factory of progress bars over training steps: ``with bars(total, desc) as update: update(1)``."""
+
     @contextlib.contextmanager
     def bar(total: int, desc: str) -> Iterator[Callable[[int], None]]:
-        with tqdm(total=total, desc=desc, unit="step", disable=not options.progress, leave=False,
+        with tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False,
                   file=sys.stderr, dynamic_ncols=True) as progress:
             yield progress.update
 
@@ -171,7 +173,7 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
         if not mine:
             return
         splits = load_splits(mine[0], options, device)
-        bar = _progress_factory(options)
+        bar = progress_bars(options.progress)
         teacher: Teacher | None = None
         users = [s for s in mine if s.teacher is not None and s.teacher_source != "self"]
         teacher_costs: dict[str, Any] = {}

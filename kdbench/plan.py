@@ -80,12 +80,15 @@ def make_spec(
             fields["teacher_source"] = "pretrained"
         else:
             fields["teacher_source"] = "trained"
-        if fields["teacher_source"] != "trained":  # the teacher's training budget does not apply
-            fields.update(teacher_epochs=0, teacher_seed=0)
+        if fields["teacher_source"] == "trained":  # a teacher trained at the student's lr unless told otherwise
+            if fields.get("teacher_lr") is None:
+                fields["teacher_lr"] = fields.get("lr", RunSpec.__dataclass_fields__["lr"].default)
+        else:  # the teacher's training budget does not apply
+            fields.update(teacher_epochs=0, teacher_seed=0, teacher_lr=None)
     else:
         teacher = None
         fields.update(teacher_source=cls.teacher_source or "none", teacher_epochs=0, teacher_seed=0,
-                      teacher_ckpt=None, teacher_ckpt_sha256=None)
+                      teacher_lr=None, teacher_ckpt=None, teacher_ckpt_sha256=None)
     return RunSpec(dataset=dataset, student=student, method=method, teacher=teacher, method_params=params, **fields)
 
 

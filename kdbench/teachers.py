@@ -54,7 +54,7 @@ def teacher_spec(spec: RunSpec) -> RunSpec:
     return dataclasses.replace(
         spec, student=spec.teacher, method="ce", method_params={"label_smoothing": 0.0}, teacher=None,
         teacher_source="none", teacher_ckpt_sha256=None, teacher_ckpt=None, seed=spec.teacher_seed,
-        epochs=spec.teacher_epochs,
+        epochs=spec.teacher_epochs, lr=spec.teacher_lr or spec.lr, teacher_lr=None,
     )
 
 
