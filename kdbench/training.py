@@ -168,7 +168,7 @@ def classification_metrics(pred: Predictions, teacher_logits: Tensor | None = No
     confidence, predicted = probs.max(1)
     correct = (predicted == labels).float()
     bins = torch.clamp((confidence * ECE_BINS).long(), max=ECE_BINS - 1)
-    ece = torch.zeros(())
+    ece = logits.new_zeros(())
     for b in range(ECE_BINS):
         in_bin = bins == b
         if in_bin.any():
