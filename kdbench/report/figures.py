@@ -462,6 +462,7 @@ def plot_training_curves(frame: pd.DataFrame, metric: str | None = None, baselin
             if runs["seed"].nunique() > 1:
                 ax.fill_between(mean.index, low.to_numpy(), high.to_numpy(), color=colour, alpha=0.15, linewidth=0)
         ax.set_xlabel("Epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("Validation top-1 (%)" if metric == "val_top1" else "Training loss")
         if len(pairs) > 1:
             ax.set_title(labels[pair], loc="left", fontsize=6.5)

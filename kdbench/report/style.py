@@ -25,10 +25,12 @@ PALETTE: list[str] = _OKABE_ITO + _TOL_MUTED + ["#F0E442"]
 # 11 markers against 16 colours: two methods that share a colour never share a marker as well.
 MARKERS: list[str] = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h"]
 
-# Built-in and classic KD methods, in the order that fixes their colours. New names go at the end only.
+# The order that fixes colours: kdbench's built-in methods first (no two of them share a colour), then classic KD
+# methods of the literature. New names go at the end only. Past the palette, colours repeat with another marker.
 METHOD_ORDER: list[str] = [
-    "kd", "dkd", "crd", "fitnets", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
-    "dist", "ickd", "reviewkd", "mgd", "logit_std", "ttm", "tfkd", "cs_kd", "byot", "ban", "ps_kd",
+    "kd", "fitnets", "at", "byot", "tfkd", "ban",
+    "dkd", "crd", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
+    "dist", "ickd", "reviewkd", "mgd", "logit_std", "ttm", "cs_kd", "ps_kd",
 ]
 
 STYLE: dict[str, Any] = {
