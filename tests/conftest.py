@@ -26,6 +26,17 @@ def tiny_run_args(results: Path) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module: many tiny ops run faster without thread hand-offs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def method_sandbox():
     """Lets a test register methods; they are removed afterwards."""

@@ -22,12 +22,7 @@ from tests.conftest import TINY_STUDENT, TINY_TEACHER
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:

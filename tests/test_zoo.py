@@ -51,12 +51,9 @@ HEAD_CONV_MODELS = {"cifar_mobilenetv2", "cifar_shufflenetv2"}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def single_thread():
+def single_thread(one_torch_thread):
     """Small CPU forwards are fastest (and steadiest on a busy machine) on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
     _shared.cache_clear()
 
 
