@@ -659,16 +659,9 @@ def teacher_status(specs: Sequence[RunSpec], plan: Plan, teacher_dir: Path) -> l
 
 def teacher_cached(teacher_dir: Path, key: str) -> bool:
     """Whether the teacher cache holds a complete entry for ``key`` whose weights match the recorded hash."""
-    import json
+    from kdbench.teachers import verified_cache_sha256
 
-    from kdbench.teachers import file_sha256
-
-    weights, meta = Path(teacher_dir) / f"{key}.pt", Path(teacher_dir) / f"{key}.json"
-    try:
-        expected = json.loads(meta.read_text())["sha256"]
-        return weights.is_file() and file_sha256(weights) == expected
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return verified_cache_sha256(teacher_dir, key) is not None
 
 
 def plan_headline(spec: SweepSpec, specs: Sequence[RunSpec], plan: Plan) -> str:

@@ -175,7 +175,7 @@ def _cached_or_trained(spec: RunSpec, splits: Splits, device: torch.device, cach
     key = teacher_key(spec)
     weights, meta_path = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
     with file_lock(cache_dir / f".{key}.lock"):
-        cached = _read_cached(weights, meta_path, spec.teacher, info, log)
+        cached = _read_cached(cache_dir, key, spec.teacher, info, log)
         if cached is not None:
             model, sha = cached
             return _finish(spec.teacher, model, "trained", sha, splits, spec, device)
@@ -202,19 +202,26 @@ def _cached_or_trained(spec: RunSpec, splits: Splits, device: torch.device, cach
         return teacher
 
 
-def _read_cached(weights: Path, meta_path: Path, name: str, info: Any,
+def verified_cache_sha256(cache_dir: Path, key: str) -> str | None:
+    """The SHA-256 of the cache entry ``key`` if it is complete and its weights match it, else ``None``."""
+    weights, meta_path = Path(cache_dir) / f"{key}.pt", Path(cache_dir) / f"{key}.json"
+    try:
+        expected = json.loads(meta_path.read_text())["sha256"]
+        return expected if weights.is_file() and file_sha256(weights) == expected else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_cached(cache_dir: Path, key: str, name: str, info: Any,
                  log: Callable[[str], None]) -> tuple[nn.Module, str] | None:
     """The cached teacher if its files are complete and its hash matches; ``None`` (after a note) otherwise."""
+    weights, meta_path = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
     if not meta_path.is_file():
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        expected = meta["sha256"]
-    except (json.JSONDecodeError, KeyError, TypeError, OSError):
-        log(f"teacher cache entry {meta_path.name} is unreadable; retraining the teacher")
-        return None
-    if not weights.is_file() or file_sha256(weights) != expected:
-        log(f"teacher checkpoint {weights.name} is missing or corrupt (hash mismatch); retraining the teacher")
+    sha = verified_cache_sha256(cache_dir, key)
+    if sha is None:
+        log(f"teacher checkpoint {weights.name} is missing or corrupt (unreadable entry or hash mismatch); "
+            "retraining the teacher")
         return None
     model = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans, image_size=info.image_size)
     try:
@@ -222,7 +229,7 @@ def _read_cached(weights: Path, meta_path: Path, name: str, info: Any,
     except KDBenchError as err:
         log(f"{err}; retraining the teacher")
         return None
-    return model, expected
+    return model, sha
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
