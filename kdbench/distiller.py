@@ -110,7 +110,11 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     def eval_logits(self, student_logits: Tensor, student_features: dict[int, Tensor]) -> dict[str, Tensor]:
-        """Extra named predictions to evaluate on the test split (e.g. early exits); none by default."""
+        """Extra named predictions to evaluate on the test split (e.g. early exits); none by default.
+
+        The engine calls it with the student and the method in eval mode, under ``inference_mode``, and restores
+        their modes afterwards.
+        """
         return {}
 
     # Methods that train several generations (born-again networks) override these two.

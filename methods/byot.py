@@ -123,13 +123,8 @@ class BeYourOwnTeacher(Distiller):
         }
 
     def eval_logits(self, student_logits: Tensor, student_features: dict[int, Tensor]) -> dict[str, Tensor]:
-        """Every exit's logits (heads in eval mode), the final classifier's, and their mean."""
-        was_training = self.training
-        self.eval()
-        try:
-            shallow = [z for _, z in self.exit_outputs(student_features)]
-        finally:
-            self.train(was_training)
+        """Every exit's logits, the final classifier's, and their mean."""
+        shallow = [z for _, z in self.exit_outputs(student_features)]
         named = {f"stage{s}": z for s, z in zip(self.exit_stages, shallow, strict=True)}
         named["final"] = student_logits
         named["ensemble"] = torch.stack([*shallow, student_logits]).mean(0)

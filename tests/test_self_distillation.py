@@ -202,23 +202,28 @@ def test_byot_teaches_only_the_shallow_exits():
     assert all(step.student_features[s].grad.abs().sum() > 0 for s in (0, 1, 2))
 
 
-def test_byot_eval_logits_run_the_heads_in_eval_mode_and_name_every_exit():
+def test_byot_exits_are_evaluated_in_eval_mode_and_name_every_exit():
+    splits = load_dataset(DataConfig(name="digits"))
+    info = splits.info
     torch.manual_seed(0)
-    method = BeYourOwnTeacher(BeYourOwnTeacher.Params(), STUDENT, None, DATA)
+    student = create_model(TINY_STUDENT, num_classes=info.num_classes, in_chans=info.in_chans,
+                           image_size=info.image_size)
+    student_info = describe_model(student, TINY_STUDENT, info.in_chans, info.image_size)
+    method = BeYourOwnTeacher(BeYourOwnTeacher.Params(), student_info, None, info)
     method.train()
     for _ in range(3):  # give BatchNorm running statistics different from batch statistics
         method.exit_outputs({s: 2 + torch.randn(8, c.channels, c.height, c.width)
-                             for s, c in enumerate(STUDENT.stages)})
+                             for s, c in enumerate(student_info.stages)})
     buffers = {k: v.clone() for k, v in method.state_dict().items()}
-    step = step_for(method)
-    out = method.eval_logits(step.student_logits, step.student_features)
-    assert list(out) == ["stage0", "stage1", "stage2", "final", "ensemble"]
+    pred = training.predict(student, splits, "test", 256, method=method)
+    assert list(pred.extra) == [*(f"stage{s}" for s in method.exit_stages), "final", "ensemble"]
     assert method.training and all(torch.equal(v, buffers[k]) for k, v in method.state_dict().items())
-    single = method.eval_logits(step.student_logits[:1], {s: f[:1] for s, f in step.student_features.items()})
-    assert torch.allclose(single["stage0"], out["stage0"][:1], atol=1e-5)  # per-sample: BatchNorm in eval mode
-    assert torch.equal(out["final"], step.student_logits)
-    stacked = torch.stack([out["stage0"], out["stage1"], out["stage2"], out["final"]])
-    assert torch.allclose(out["ensemble"], stacked.mean(0))
+    one = training.predict(student, splits, "test", 1, method=method)  # per-sample: BatchNorm in eval mode
+    for name, logits in pred.extra.items():
+        assert torch.allclose(one.extra[name], logits, atol=1e-4), name
+    assert torch.equal(pred.extra["final"], pred.logits)
+    stacked = torch.stack([pred.extra[f"stage{s}"] for s in method.exit_stages] + [pred.logits])
+    assert torch.allclose(pred.extra["ensemble"], stacked.mean(0), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------
