@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from kdbench.errors import ConfigError, KDBenchError
-from kdbench.sweep import add_sweep_parser
 
 # The quick start: what `kdbench run` does with no arguments.
 QUICKSTART = {
@@ -258,9 +257,14 @@ def _add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     return add_report_parser(subparsers)
 
 
+def _add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from kdbench.sweep import add_sweep_parser
+
+    return add_sweep_parser(subparsers)
+
+
 SUBCOMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [
-    add_run_parser, add_list_parser, _add_bench_parser, _add_report_parser,
-    add_sweep_parser,
+    add_run_parser, add_list_parser, _add_bench_parser, _add_report_parser, _add_sweep_parser,
 ]
 
 
