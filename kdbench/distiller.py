@@ -1,9 +1,17 @@
-"""The method plugin contract: :class:`Distiller`, :class:`Step`, :func:`register_method` and plugin discovery.
+"""The method plugin contract: :class:`Distiller`, :class:`Step`, :class:`RunContext`, :func:`register_method`.
 
 A method is one class: its paper in the docstring, its hyperparameters as a frozen ``Params`` dataclass, and a
 ``losses(step)`` that returns already-weighted named loss terms. The harness owns everything else (training loop,
-teacher, precision, optimiser, schedule); it sums the terms, logs each one, and computes only the features a
-method declares it needs (``student_stages`` / ``teacher_stages``).
+teacher, precision, optimiser, schedule); it sums the terms, logs each one, and computes only what a method
+declares it needs: stage maps (``student_stages`` / ``teacher_stages``), pre-logits embeddings
+(``embeddings``), extra augmented views of the batch (``extra_views``). A method is built knowing its run
+(:class:`RunContext`), may train some modules in an initialisation phase before the main training
+(``init_epochs`` / ``init_losses`` / ``init_parameters``), may give its modules their own optimiser groups
+(``param_groups``) and may prepare the student (``prepare_student``).
+
+Epochs. ``Step.epoch`` counts from 0, as Python does; papers and mdistiller count from 1. A schedule written
+in a paper's epochs uses :meth:`Step.ramp` (mdistiller's ``min(epoch / warmup, 1)`` with its 1-based epoch),
+so the first epoch of a 20-epoch ramp has weight 1/20 and epoch 20 (``step.epoch == 19``) has weight 1.
 """
 
 from __future__ import annotations
@@ -13,12 +21,14 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from kdbench.errors import KDBenchError
@@ -31,22 +41,99 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "kdbench.methods"
 
 
+def tunable(low: float | None = None, high: float | None = None, *, log: bool = False,
+            choices: tuple[Any, ...] | None = None) -> dict[str, Any]:
+    """Field metadata that declares a ``Params`` field's search space, next to its default.
+
+    Use it as ``temperature: float = field(default=4.0, metadata=tunable(1.0, 8.0))``; ``kdbench tune`` samples
+    the declared fields (uniformly, or log-uniformly with ``log=True``, or from ``choices``).
+
+    Raises:
+        ValueError: neither a range nor choices, or an empty / reversed range.
+    """
+    if choices is not None:
+        if low is not None or high is not None or not choices:
+            raise ValueError("a search space is either a (low, high) range or a non-empty tuple of choices")
+        return {"search": {"choices": tuple(choices)}}
+    if low is None or high is None or not low < high or (log and low <= 0):
+        raise ValueError(f"a search range needs low < high (and low > 0 on a log scale); got {low}, {high}")
+    return {"search": {"low": low, "high": high, "log": log}}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may know about its run when it is built.
+
+    Attributes:
+        epochs: training epochs of the main phase (the initialisation phase has its own, ``init_epochs``).
+        steps_per_epoch: optimisation steps per epoch (the last, partial batch is dropped).
+        batch_size: training batch size.
+        num_train: samples in the training split (the size of a memory bank over it).
+        num_classes: classes of the dataset.
+        train_labels: int64 labels of the training split in sample order (``Step.indices`` index it), on the CPU.
+        device: the training device.
+        seed: the run's seed.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    num_train: int
+    num_classes: int
+    train_labels: Tensor
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+
+
+@dataclass
+class View:
+    """The models' outputs on one extra augmented view of the batch (see ``Distiller.extra_views``).
+
+    Attributes:
+        images: the view's inputs (the same samples as the main view, in the same order).
+        student_logits: the student's logits on the view, with gradient.
+        teacher_logits: the teacher's logits on the view, or ``None`` without a teacher.
+        student_features: student stage maps on the view (the stages the method asked for).
+        teacher_features: teacher stage maps on the view.
+        student_embedding: the student's pre-logits embedding on the view, when the method asked for embeddings.
+        teacher_embedding: the teacher's pre-logits embedding on the view.
+    """
+
+    images: Tensor
+    student_logits: Tensor
+    teacher_logits: Tensor | None = None
+    student_features: dict[int, Tensor] = field(default_factory=dict)
+    teacher_features: dict[int, Tensor] = field(default_factory=dict)
+    student_embedding: Tensor | None = None
+    teacher_embedding: Tensor | None = None
+
+
 @dataclass
 class Step:
     """What a method sees at one training step. Tensors are on the training device.
+
+    Teacher tensors are the method's own copies: a method may change them in place without changing what other
+    members of a cohort see.
 
     Attributes:
         images: the (augmented, normalised) input batch.
         labels: class labels, int64.
         indices: positions of the samples in the training split (for memory-bank methods).
-        student_logits: the student's logits, with gradient.
+        student_logits: the student's logits, with gradient (the first head's, for a student with several).
         student_features: stage index -> student feature map (only the stages the method asked for).
         teacher_logits: the teacher's logits (no gradient), or ``None`` for a method without a teacher.
         teacher_features: stage index -> teacher feature map (only the stages the method asked for).
-        epoch: the current epoch, from 0.
+        epoch: the current epoch, from 0 (``-init_epochs .. -1`` in the initialisation phase).
         epochs: the number of training epochs.
         iteration: the step within the epoch, from 0.
         iterations: steps per epoch.
+        student_embedding: the student's pre-logits embedding ``forward_head(x, pre_logits=True)``, (B, D), with
+            gradient; ``None`` unless the method set ``embeddings = True``.
+        teacher_embedding: the teacher's pre-logits embedding, (B, D_t); ``None`` unless asked for.
+        student_heads: every head's output when the student's training forward returns several (a distilled
+            DeiT returns the class-token and the distillation-token logits); ``(student_logits,)`` otherwise.
+        views: extra view name -> :class:`View`, for the names in the method's ``extra_views``.
+        phase: ``"train"``, or ``"init"`` in the initialisation phase.
     """
 
     images: Tensor
@@ -60,30 +147,60 @@ class Step:
     epochs: int = 1
     iteration: int = 0
     iterations: int = 1
+    student_embedding: Tensor | None = None
+    teacher_embedding: Tensor | None = None
+    student_heads: tuple[Tensor, ...] = ()
+    views: dict[str, View] = field(default_factory=dict)
+    phase: str = "train"
 
     @property
     def progress(self) -> float:
         """Fraction of training done, in [0, 1)."""
         return (self.epoch + self.iteration / max(1, self.iterations)) / max(1, self.epochs)
 
+    def ramp(self, epochs: float) -> float:
+        """A linear warm-up weight written in a paper's (1-based) epochs: ``min((epoch + 1) / epochs, 1)``.
+
+        It is mdistiller's ``min(epoch / warmup, 1)`` with its epochs counted from 1, constant within an epoch:
+        1/``epochs`` during the first epoch, 1 from epoch ``epochs`` on (0 or less: always 1).
+        """
+        if epochs <= 0:
+            return 1.0
+        return min(1.0, (self.epoch + 1) / epochs)
+
 
 class Distiller(nn.Module):
     """Base class of every distillation method.
 
     Subclasses define ``Params`` (a frozen dataclass whose defaults are the paper's), implement :meth:`losses`,
-    and in ``__init__`` set ``student_stages`` / ``teacher_stages`` to the stage indices they need. Trainable
-    modules they create (adapters, auxiliary heads) are optimised with the student, counted as
-    ``extra_params_m`` and never part of the deployed student. A method never calls the models itself: it is
-    handed their outputs in a :class:`Step`.
+    and in ``__init__`` declare what they need (all optional):
+
+    - ``student_stages`` / ``teacher_stages``: the stage indices whose maps they read;
+    - ``embeddings = True``: the pre-logits embeddings of student and teacher;
+    - ``extra_views``: names of extra augmented views of each batch (see :data:`VIEW_AUGMENTATIONS` in
+      :mod:`kdbench.training`; e.g. ``("strong",)``), each run through the student and, once per cohort, the
+      teacher;
+    - ``init_epochs`` > 0: an initialisation phase of that many epochs before the main training, which keeps
+      its full budget; in it the engine calls :meth:`init_losses` and trains only :meth:`init_parameters`.
+
+    Trainable modules a method creates (adapters, auxiliary heads, projections) are optimised with the student
+    (in the groups :meth:`param_groups` gives), counted as ``extra_params_m`` and never part of the deployed
+    student; buffers it keeps (memory banks) are counted as ``extra_buffers_m``. A method never calls the
+    models itself: it is handed their outputs in a :class:`Step`.
 
     Args:
         params: an instance of the subclass's ``Params``.
         student: shape information about the student.
         teacher: shape information about the teacher; ``None`` when ``needs_teacher`` is false.
         data: the dataset's description (classes, image size, split sizes).
+        context: the run (epochs, steps per epoch, training labels, device); the engine passes it when the
+            subclass's ``__init__`` takes a ``context`` argument and otherwise sets ``self.context`` right after
+            construction, so plugins written before it existed keep working.
 
     Class attributes:
         name: the registered name (set by :func:`register_method`).
+        version: bumped whenever the method's loss, defaults or behaviour change; part of the run id, so runs
+            of an older version are trained again instead of being reused.
         needs_teacher: ``False`` for methods with no separate teacher (the engine then trains, loads and runs
             none, and the record's ``teacher`` is null).
         teacher_source: ``"self"`` for methods that make their own teacher from the student (born-again
@@ -91,6 +208,7 @@ class Distiller(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
     needs_teacher: ClassVar[bool] = True
     teacher_source: ClassVar[str | None] = None
 
@@ -98,16 +216,51 @@ class Distiller(nn.Module):
     class Params:
         """No hyperparameters."""
 
-    def __init__(self, params: Any, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo) -> None:
+    def __init__(self, params: Any, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
+                 context: RunContext | None = None) -> None:
         super().__init__()
         self.params = params
+        self.context = context
         self.student_stages: tuple[int, ...] = ()
         self.teacher_stages: tuple[int, ...] = ()
         self.eval_student_stages: tuple[int, ...] = ()
+        self.embeddings: bool = False
+        self.extra_views: tuple[str, ...] = ()
+        self.init_epochs: int = 0
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Return the named, already-weighted loss terms of one step, e.g. ``{"loss_ce": ..., "loss_kd": ...}``."""
         raise NotImplementedError
+
+    def init_losses(self, step: Step) -> dict[str, Tensor]:
+        """The loss terms of one step of the initialisation phase (``step.phase == "init"``).
+
+        Only methods with ``init_epochs > 0`` implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets init_epochs but does not implement init_losses")
+
+    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
+        """The parameters trained in the initialisation phase: by default the method's and the student's.
+
+        A method that trains only its own modules there (Factor Transfer's paraphraser) returns just those.
+        """
+        return [p for p in self.parameters() if p.requires_grad] + list(student.parameters())
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups of the method's trainable parameters (the student's form a group of their own).
+
+        Each group is a dict with ``params`` and optionally ``lr_scale`` (a multiplier of the run's learning
+        rate) and ``weight_decay`` (e.g. 0 for a learnable temperature). By default one group of all of them.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params}] if params else []
+
+    def prepare_student(self, student: nn.Module) -> None:
+        """Adapt the freshly created student before training (e.g. turn on a distillation head); no-op by default.
+
+        The deployed student is whatever the model returns in eval mode, so a change here must keep that a single
+        logits tensor. Raise a :class:`~kdbench.errors.ModelError` for a student the method cannot use.
+        """
 
     def eval_logits(self, student_logits: Tensor, student_features: dict[int, Tensor]) -> dict[str, Tensor]:
         """Extra named predictions to evaluate on the test split (e.g. early exits); none by default.
@@ -128,6 +281,18 @@ class Distiller(nn.Module):
 
 
 METHODS: Registry[type[Distiller]] = Registry("method")
+
+
+def construct_method(cls: type[Distiller], params: Any, student: ModelInfo, teacher: ModelInfo | None,
+                     data: DatasetInfo, context: RunContext) -> Distiller:
+    """Build a method for a run: ``context`` goes to ``__init__`` when it takes one, else onto the instance."""
+    try:
+        accepts = "context" in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    method = cls(params, student, teacher, data, context=context) if accepts else cls(params, student, teacher, data)
+    method.context = context
+    return method
 
 
 def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
@@ -240,11 +405,15 @@ def check_params_overrides(method: str, overrides: dict[str, Any]) -> None:
 __all__ = [
     "Distiller",
     "METHODS",
+    "RunContext",
     "Step",
+    "View",
     "check_params_overrides",
+    "construct_method",
     "discover_methods",
     "get_method",
     "list_methods",
     "load_plugin_file",
     "register_method",
+    "tunable",
 ]

@@ -61,12 +61,19 @@ class ModelInfo:
         num_classes: classifier outputs.
         num_features: width of the pre-logits features.
         stages: the shape of each ``forward_intermediates`` output, or ``()`` when the model has no feature taps.
+        embedding_dim: width of the pre-logits embedding ``forward_head(x, pre_logits=True)`` as measured at the
+            run's input size (``num_features`` when not measured).
     """
 
     name: str
     num_classes: int
     num_features: int
     stages: tuple[StageShape, ...]
+    embedding_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.embedding_dim:
+            object.__setattr__(self, "embedding_dim", self.num_features)
 
     @property
     def num_stages(self) -> int:

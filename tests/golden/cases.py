@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from kdbench.data import DatasetInfo
-from kdbench.distiller import Distiller, Step, get_method
+from kdbench.distiller import Distiller, RunContext, Step, View, construct_method, get_method
 from kdbench.features import ModelInfo, StageShape
 
 GOLDEN_DIR = Path(__file__).parent
@@ -30,11 +30,16 @@ DATA = DatasetInfo(name="fixture", num_classes=NUM_CLASSES, in_chans=3, image_si
                    sizes={"train": 64, "val": 0, "test": 16})
 
 
+TRAIN_LABELS = torch.arange(DATA.sizes["train"]) % NUM_CLASSES
+CONTEXT = RunContext(epochs=10, steps_per_epoch=10, batch_size=BATCH, num_train=DATA.sizes["train"],
+                     num_classes=NUM_CLASSES, train_labels=TRAIN_LABELS)
+
+
 def build(name: str) -> Distiller:
     """The method with default hyperparameters, its modules initialised from seed 0."""
     cls = get_method(name)
     torch.manual_seed(0)
-    return cls(cls.Params(), STUDENT, TEACHER if cls.needs_teacher else None, DATA)
+    return construct_method(cls, cls.Params(), STUDENT, TEACHER if cls.needs_teacher else None, DATA, CONTEXT)
 
 
 def step_for(method: Distiller) -> Step:
@@ -47,12 +52,28 @@ def step_for(method: Distiller) -> Step:
     s_feats = {i: torch.randn(BATCH, s.channels, s.height, s.width, generator=g) for i, s in enumerate(STUDENT.stages)}
     t_feats = {i: torch.randn(BATCH, s.channels, s.height, s.width, generator=g) for i, s in enumerate(TEACHER.stages)}
     uses_teacher = type(method).needs_teacher
+    # Drawn after the tensors above, so that the golden values of methods that use none of these stay put.
+    s_emb = torch.randn(BATCH, STUDENT.embedding_dim, generator=g)
+    t_emb = torch.randn(BATCH, TEACHER.embedding_dim, generator=g)
+    second_head = 2 * torch.randn(BATCH, NUM_CLASSES, generator=g)
+    views = {}
+    for view in method.extra_views:
+        views[view] = View(
+            images=torch.randn(BATCH, 3, 32, 32, generator=g),
+            student_logits=2 * torch.randn(BATCH, NUM_CLASSES, generator=g),
+            teacher_logits=3 * torch.randn(BATCH, NUM_CLASSES, generator=g) if uses_teacher else None,
+        )
+    several_heads = type(method).prepare_student is not Distiller.prepare_student
     return Step(
         images=images, labels=labels, indices=torch.arange(BATCH), student_logits=student_logits,
         student_features={i: s_feats[i] for i in method.student_stages},
         teacher_logits=teacher_logits if uses_teacher else None,
         teacher_features={i: t_feats[i] for i in method.teacher_stages} if uses_teacher else {},
         epoch=0, epochs=10, iteration=0, iterations=10,
+        student_embedding=s_emb if method.embeddings else None,
+        teacher_embedding=t_emb if (method.embeddings and uses_teacher) else None,
+        student_heads=(student_logits, second_head) if several_heads else (student_logits,),
+        views=views,
     )
 
 
