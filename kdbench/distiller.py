@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from kdbench.config import build_params
 from kdbench.errors import KDBenchError
 from kdbench.registry import Registry
 
@@ -397,8 +398,6 @@ def list_methods(pattern: str | None = None) -> list[str]:
 
 def check_params_overrides(method: str, overrides: dict[str, Any]) -> None:
     """Validate overrides of ``method`` against its ``Params`` without building anything."""
-    from kdbench.config import build_params
-
     build_params(get_method(method).Params, overrides, method)
 
 

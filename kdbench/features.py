@@ -119,13 +119,78 @@ def describe_model(model: nn.Module, name: str, in_chans: int, image_size: int) 
         if _maps_match_feature_info(maps, info):
             stages = tuple(StageShape(int(m.shape[1]), int(m.shape[2]), int(m.shape[3]), int(f["reduction"]))
                            for m, f in zip(maps, info, strict=True))
-    return ModelInfo(name=name, num_classes=num_classes, num_features=num_features, stages=stages)
+    return ModelInfo(name=name, num_classes=num_classes, num_features=num_features, stages=stages,
+                     embedding_dim=_embedding_dim(model, in_chans, image_size) or num_features)
+
+
+def _embedding_dim(model: nn.Module, in_chans: int, image_size: int) -> int:
+    """Width of ``forward_head(forward_features(x), pre_logits=True)`` at the run's input size; 0 if unknown."""
+    if not (callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))):
+        return 0
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        with torch.no_grad():
+            x = torch.zeros(1, in_chans, image_size, image_size, device=device)
+            embedding = model.forward_head(model.forward_features(x), pre_logits=True)
+        return int(embedding.reshape(1, -1).shape[1])
+    except (NotImplementedError, TypeError, ValueError, AssertionError, RuntimeError):
+        return 0
+    finally:
+        model.train(was_training)
 
 
 def _maps_match_feature_info(maps: Sequence[Tensor], info: Sequence[dict]) -> bool:
     """Whether ``forward_intermediates`` gave one NCHW map per ``feature_info`` entry, with its channels."""
     return bool(maps) and len(maps) == len(info) and all(
         m.ndim == 4 and int(m.shape[1]) == int(f["num_chs"]) for m, f in zip(maps, info, strict=True))
+
+
+@dataclass
+class Outputs:
+    """What one forward pass of a model gives a method.
+
+    Attributes:
+        logits: the logits (the first head's, when the model returns several).
+        heads: every head's logits: ``(logits,)``, or e.g. a distilled DeiT's (class token, distillation token)
+            in training mode.
+        features: stage index -> NCHW map, for the stages asked for.
+        embedding: the pre-logits embedding ``forward_head(x, pre_logits=True)`` as (B, D), when asked for.
+    """
+
+    logits: Tensor
+    heads: tuple[Tensor, ...]
+    features: dict[int, Tensor]
+    embedding: Tensor | None = None
+
+
+def forward_outputs(model: nn.Module, images: Tensor, stages: Sequence[int], embedding: bool = False) -> Outputs:
+    """One forward pass that yields the logits, every head, the requested stage maps and, if asked, the embedding.
+
+    The embedding is timm's pre-logits feature: ``forward_head(features, pre_logits=True)`` (the pooled feature
+    of a CNN; the class token or the pooled tokens of a ViT, as the model's own head does), computed from the same
+    final features as the logits, so both belong to one pass.
+    """
+    feats: dict[int, Tensor] = {}
+    if stages:
+        ordered = sorted(set(stages))
+        final, maps = model.forward_intermediates(images, indices=ordered, **_full_pass_options(type(model)))
+        feats = dict(zip(ordered, maps, strict=True))
+    elif embedding:
+        final = model.forward_features(images)
+    else:
+        out = model(images)
+        heads = tuple(out) if isinstance(out, tuple | list) else (out,)
+        return Outputs(heads[0], heads, feats)
+    out = model.forward_head(final)
+    heads = tuple(out) if isinstance(out, tuple | list) else (out,)
+    pooled = None
+    if embedding:
+        pooled = model.forward_head(final, pre_logits=True)
+        pooled = pooled.reshape(pooled.shape[0], -1)
+    return Outputs(heads[0], heads, feats, pooled)
 
 
 def forward_with_features(model: nn.Module, images: Tensor, stages: Sequence[int]) -> tuple[Tensor, dict[int, Tensor]]:

@@ -23,9 +23,11 @@ from torch import Tensor, nn
 
 from kdbench.config import RunSpec, build_params, method_label
 from kdbench.data import DatasetInfo, Splits
-from kdbench.distiller import Distiller, Step, get_method
-from kdbench.features import ModelInfo, describe_model, forward_with_features
+from kdbench.distiller import Distiller, RunContext, Step, View, construct_method, get_method
+from kdbench.errors import ConfigError
+from kdbench.features import ModelInfo, describe_model, forward_outputs, forward_with_features
 from kdbench.models import count_params_m, create_model
+from kdbench.views import VIEW_AUGMENTATIONS, view_seed
 
 ECE_BINS = 15
 
@@ -81,6 +83,31 @@ class RNGState:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Schedule
+
+
+def make_optimizer(spec: RunSpec, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The run's optimiser over parameter groups: SGD with momentum (the default) or AdamW.
+
+    A group may carry ``lr_scale`` (a multiplier of the scheduled learning rate) and ``weight_decay``.
+
+    Raises:
+        ConfigError: a group has a key other than ``params``, ``lr_scale`` and ``weight_decay``.
+    """
+    for group in groups:
+        unknown = set(group) - {"params", "lr_scale", "weight_decay"}
+        if unknown:
+            raise ConfigError(f"a parameter group may set params, lr_scale and weight_decay (got {sorted(unknown)})")
+        group.setdefault("lr_scale", 1.0)
+    groups = [g for g in groups if list(g["params"])]
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay)
+    return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to ``lr`` times its ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def learning_rate(spec: RunSpec, epoch_progress: float) -> float:
@@ -189,24 +216,35 @@ def classification_metrics(pred: Predictions, teacher_logits: Tensor | None = No
 # Teacher outputs shared by a cohort
 
 
+MAIN_VIEW = "main"
+
+
 @dataclass
 class TeacherOutput:
-    """The teacher's logits and the union of the stage features any member asked for, for one batch."""
+    """The teacher's logits, the union of the stage maps and the embedding any member asked for, for one batch.
+
+    The tensors are inference tensors, which nothing can change in place; each member gets its own copy of
+    what it asked for (:meth:`copy_for`), so a method that edits its teacher tensors in place cannot change what
+    the next member of a cohort sees.
+    """
 
     logits: Tensor
     features: dict[int, Tensor]
+    embedding: Tensor | None = None
+
+    def copy_for(self, stages: Sequence[int], embedding: bool) -> TeacherOutput:
+        """Normal (autograd-usable) copies of the logits, the given stages and, if asked, the embedding."""
+        return TeacherOutput(self.logits.clone(), {i: self.features[i].clone() for i in stages},
+                             self.embedding.clone() if (embedding and self.embedding is not None) else None)
 
 
-def teacher_forward(teacher: nn.Module, images: Tensor, stages: Sequence[int], amp: bool) -> TeacherOutput:
-    """Run the teacher once under ``inference_mode`` in eval mode; outputs are cloned into normal tensors.
-
-    The clone lets the outputs take part in the students' autograd graphs (inference tensors cannot be saved
-    for backward); it copies only the logits and the requested maps.
-    """
+def teacher_forward(teacher: nn.Module, images: Tensor, stages: Sequence[int], amp: bool,
+                    embedding: bool = False) -> TeacherOutput:
+    """Run the teacher once under ``inference_mode`` in eval mode (logits, the given stages, the embedding)."""
     device = images.device
     with torch.inference_mode(), autocast(device, amp):
-        logits, feats = forward_with_features(teacher, images, stages)
-    return TeacherOutput(logits.clone(), {i: f.clone() for i, f in feats.items()})
+        out = forward_outputs(teacher, images, stages, embedding)
+    return TeacherOutput(out.logits, out.features, out.embedding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,10 +272,17 @@ class Member:
     """
 
     def __init__(self, spec: RunSpec, info: DatasetInfo, teacher_info: ModelInfo | None, device: torch.device,
-                 teacher_top1: float | None = None) -> None:
+                 teacher_top1: float | None = None, train_labels: Tensor | None = None) -> None:
         self.spec = spec
         self.info = info
         self.device = device
+        num_train = int(info.sizes.get("train", 0))
+        self.context = RunContext(
+            epochs=spec.epochs, steps_per_epoch=max(1, num_train // spec.batch_size) if num_train else 0,
+            batch_size=spec.batch_size, num_train=num_train, num_classes=info.num_classes,
+            train_labels=(train_labels.detach().to("cpu", torch.long) if train_labels is not None
+                          else torch.zeros(num_train, dtype=torch.long)),
+            device=device, seed=spec.seed)
         self.method_cls = get_method(spec.method)
         self.params = build_params(self.method_cls.Params, spec.method_params, spec.method)
         self.label = method_label(spec.method, self.params, self.method_cls.Params)
@@ -255,6 +300,9 @@ class Member:
         self.samples = 0
         self.stats = EpochStats()
         self.generation = 0
+        self.best_val: float | None = None
+        self.best_val_epoch: int | None = None
+        self.best_state: dict[str, Tensor] | None = None
         self.student: nn.Module
         self.method: Distiller
         self.optimizer: torch.optim.Optimizer
@@ -274,10 +322,15 @@ class Member:
         if spec.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
         self.student_info = describe_model(self.student, spec.student, info.in_chans, info.image_size)
-        self.method = self.method_cls(self.params, self.student_info, self.teacher_info, info).to(self.device)
+        self.method = construct_method(self.method_cls, self.params, self.student_info, self.teacher_info, info,
+                                       self.context).to(self.device)
+        for view in self.method.extra_views:
+            VIEW_AUGMENTATIONS.get(view)  # an unknown view fails here, with the names there are
+        self.method.prepare_student(self.student)
         self.method.start_generation(self.generation, previous)
-        params = list(self.student.parameters()) + [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        self.optimizer = make_optimizer(spec, [{"params": list(self.student.parameters())},
+                                               *self.method.param_groups()])
+        self.best_val = self.best_val_epoch = self.best_state = None
 
     def next_generation(self) -> None:
         """Freeze the trained student as the next generation's teacher and start a fresh student."""
@@ -297,34 +350,82 @@ class Member:
         self.status = "failed"
         self.error = text if isinstance(error, str | NonFiniteLoss) else f"{type(error).__name__}: {text}"
 
-    def train_step(self, images: Tensor, labels: Tensor, indices: Tensor, teacher: TeacherOutput | None,
-                   epoch: int, iteration: int, iterations: int) -> None:
-        """One optimisation step of this member on a shared batch."""
+    def _step(self, images: Tensor, labels: Tensor, indices: Tensor,
+              teacher: TeacherOutput | dict[str, TeacherOutput] | None, views: dict[str, Tensor],
+              epoch: int, epochs: int, iteration: int, iterations: int, phase: str) -> Step:
+        """Run the student (on every view the method asked for) and assemble the method's :class:`Step`."""
+        method = self.method
+        outputs = teacher if isinstance(teacher, dict) else ({MAIN_VIEW: teacher} if teacher is not None else {})
+        if not self.uses_teacher:
+            outputs = {}
+        stages, embedding = method.teacher_stages, method.embeddings
+
+        def teacher_of(view: str) -> TeacherOutput | None:
+            out = outputs.get(view)
+            return out.copy_for(stages, embedding) if out is not None else None
+
+        student = forward_outputs(self.student, images, method.student_stages, method.embeddings)
+        extra = {}
+        for name in method.extra_views:
+            s_out = forward_outputs(self.student, views[name], method.student_stages, method.embeddings)
+            t_out = teacher_of(name)
+            extra[name] = View(images=views[name], student_logits=s_out.logits,
+                               teacher_logits=t_out.logits if t_out else None, student_features=s_out.features,
+                               teacher_features=t_out.features if t_out else {}, student_embedding=s_out.embedding,
+                               teacher_embedding=t_out.embedding if t_out else None)
+        main = teacher_of(MAIN_VIEW)
+        return Step(
+            images=images, labels=labels, indices=indices, student_logits=student.logits,
+            student_features=student.features, teacher_logits=main.logits if main else None,
+            teacher_features=main.features if main else {}, epoch=epoch, epochs=epochs, iteration=iteration,
+            iterations=iterations, student_embedding=student.embedding,
+            teacher_embedding=main.embedding if main else None, student_heads=student.heads, views=extra,
+            phase=phase)
+
+    def train_step(self, images: Tensor, labels: Tensor, indices: Tensor,
+                   teacher: TeacherOutput | dict[str, TeacherOutput] | None, epoch: int, iteration: int,
+                   iterations: int, *, views: dict[str, Tensor] | None = None, phase: str = "train",
+                   optimizer: torch.optim.Optimizer | None = None) -> None:
+        """One optimisation step of this member on a shared batch.
+
+        Args:
+            images: the main view of the batch.
+            labels: its labels.
+            indices: the samples' positions in the training split.
+            teacher: the teacher's outputs on the main view, or view name -> outputs (``"main"`` for the main
+                view), or ``None``.
+            epoch: the epoch within the phase, from 0.
+            iteration: the step within the epoch, from 0.
+            iterations: steps per epoch.
+            views: extra view name -> images, for the views the method asked for.
+            phase: ``"train"``, or ``"init"`` for the initialisation phase (constant learning rate, the method's
+                ``init_losses``, the optimiser over its ``init_parameters``).
+            optimizer: the initialisation phase's optimiser.
+        """
         spec = self.spec
-        lr = learning_rate(spec, epoch + iteration / iterations)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.student.train()
+        init = phase == "init"
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        lr = spec.lr if init else learning_rate(spec, epoch + iteration / iterations)
+        set_learning_rate(optimizer, lr)
+        self.student.train(not init or self._init_trains_student)
         self.method.train()
+        epochs = self.method.init_epochs if init else spec.epochs
         with self.rng.active():
             with autocast(self.device, spec.amp):
-                logits, feats = forward_with_features(self.student, images, self.method.student_stages)
-                step = Step(
-                    images=images, labels=labels, indices=indices, student_logits=logits, student_features=feats,
-                    teacher_logits=teacher.logits if (teacher is not None and self.uses_teacher) else None,
-                    teacher_features=teacher.features if (teacher is not None and self.uses_teacher) else {},
-                    epoch=epoch, epochs=spec.epochs, iteration=iteration, iterations=iterations,
-                )
-                terms = self.method.losses(step)
+                step = self._step(images, labels, indices, teacher, views or {}, epoch, epochs, iteration,
+                                  iterations, phase)
+                terms = self.method.init_losses(step) if init else self.method.losses(step)
             if not terms:
                 raise RuntimeError(f"method {spec.method!r} returned no loss terms")
             loss = torch.stack([t.float() for t in terms.values()]).sum()
             if self.device.type == "cpu" and not torch.isfinite(loss):
                 values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, step {iteration + 1} ({values})")
-            self.optimizer.zero_grad(set_to_none=True)
+                where = "initialisation epoch" if init else "epoch"
+                raise NonFiniteLoss(f"non-finite loss at {where} {epoch + 1}, step {iteration + 1} ({values})")
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            optimizer.step()
+        logits = step.student_logits
         stats = self.stats
         for name, value in terms.items():
             stats.loss_sums[name] = stats.loss_sums.get(name, 0.0) + value.detach().float()
@@ -334,23 +435,49 @@ class Member:
         stats.seen += len(labels)
         stats.steps += 1
 
-    def end_epoch(self, epoch: int, splits: Splits, eval_batch_size: int, epoch_time_s: float) -> None:
-        """Close the epoch: check the losses, evaluate on val, append to the history."""
+    def init_optimizer(self) -> torch.optim.Optimizer:
+        """The initialisation phase's optimiser over the method's ``init_parameters`` (the run's optimiser kind)."""
+        params = list(self.method.init_parameters(self.student))
+        student_ids = {id(p) for p in self.student.parameters()}
+        self._init_trains_student = any(id(p) in student_ids for p in params)
+        unique = list({id(p): p for p in params}.values())
+        return make_optimizer(self.spec, [{"params": unique}])
+
+    _init_trains_student = True
+
+    def end_init_phase(self) -> None:
+        """Drop the gradients the initialisation phase left, before the main training starts."""
+        for param in [*self.student.parameters(), *self.method.parameters()]:
+            param.grad = None
+
+    def end_epoch(self, epoch: int, splits: Splits, eval_batch_size: int, epoch_time_s: float,
+                  phase: str = "train") -> None:
+        """Close the epoch: check the losses, evaluate on val (main phase), append to the history.
+
+        In the main phase it also keeps a copy of the student's weights at the best validation top-1 so far (the
+        first epoch of the best value), for ``test_top1_at_best_val``.
+        """
         stats, self.stats = self.stats, EpochStats()
         sums = {k: float(v) for k, v in stats.loss_sums.items()}
+        init = phase == "init"
         if not all(math.isfinite(v) for v in sums.values()):
-            raise NonFiniteLoss(f"non-finite loss in epoch {epoch + 1}")
+            where = "initialisation epoch" if init else "epoch"
+            raise NonFiniteLoss(f"non-finite loss in {where} {epoch + 1}")
         steps = max(1, stats.steps)
-        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": learning_rate(self.spec, epoch)}
+        entry: dict[str, Any] = {"phase": phase, "epoch": epoch + 1,
+                                 "lr": self.spec.lr if init else learning_rate(self.spec, epoch)}
         if self.generations > 1:
             entry["generation"] = self.generation
         entry.update({k: v / steps for k, v in sorted(sums.items())})
         entry["train_top1"] = float(stats.correct) / max(1, stats.seen) * 100 if stats.correct is not None else None
         val_top1 = None
-        if splits.info.sizes.get("val", 0):
+        if not init and splits.info.sizes.get("val", 0):
             pred = predict(self.student, splits, "val", eval_batch_size, amp=self.spec.amp,
                            channels_last=self.spec.channels_last)
             val_top1 = top1(pred.logits, pred.labels)
+            if self.best_val is None or val_top1 > self.best_val:
+                self.best_val, self.best_val_epoch = val_top1, epoch + 1
+                self.best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
         entry["val_top1"] = val_top1
         entry["time_s"] = epoch_time_s
         self.history.append(entry)
@@ -359,6 +486,11 @@ class Member:
     def extra_params_m(self) -> float:
         """Trainable parameters the method adds (adapters, heads), in millions; not part of the student."""
         return count_params_m(self.method)
+
+    @property
+    def extra_buffers_m(self) -> float:
+        """Buffers the method keeps (memory banks, normalisation statistics), in millions of elements."""
+        return sum(b.numel() for b in self.method.buffers()) / 1e6
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -373,9 +505,11 @@ def train_members(members: Sequence[Member], splits: Splits, teacher: nn.Module 
     """Train every member for its budget on one shared data stream.
 
     All members share the dataset, seed, batch size and epochs (see :func:`kdbench.config.cohort_key`); each
-    batch is drawn and augmented once, the teacher runs once on it (logits plus the union of the stages any
-    member asked for), and each active member takes its own step. A member whose loss turns non-finite, or whose
-    method raises, is marked failed and the others go on.
+    batch is drawn and augmented once (and each extra view any member asked for made once), the teacher runs once
+    on it (logits plus the union of the stages and the embedding any member asked for), and each active member
+    takes its own step. A member whose loss turns non-finite, or whose method raises, is marked failed and the
+    others go on. A member whose method has an initialisation phase runs it first, alone, on a data stream of its
+    own (so the shared stream, and the other members' results, do not depend on it).
 
     Args:
         members: the cohort; members with several generations must train alone.
@@ -386,7 +520,6 @@ def train_members(members: Sequence[Member], splits: Splits, teacher: nn.Module 
     if not members:
         return
     first = members[0].spec
-    device = members[0].device
     generations = members[0].generations
     if generations > 1 and len(members) > 1:
         raise ValueError("a member with several generations trains alone")
@@ -395,57 +528,112 @@ def train_members(members: Sequence[Member], splits: Splits, teacher: nn.Module 
     for generation in range(generations):
         if generation:
             members[0].next_generation()
-        generator = torch.Generator(device=device)
-        generator.manual_seed(first.seed)
-        teacher_stages = sorted({s for m in members if m.uses_teacher for s in m.method.teacher_stages})
-        for epoch in range(first.epochs):
-            shared_before = {id(m): m.shared_time_s + m.own_time_s for m in members}
-            batches = splits.train_batches(first.batch_size, generator)
-            for iteration in range(iterations):
-                tick = time.perf_counter()
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                images = to_memory_format(batch.images, first.channels_last)
-                active = [m for m in members if m.active]
-                if not active:
-                    return
-                data_time = time.perf_counter() - tick
-                users = [m for m in active if m.uses_teacher]
-                out = None
-                if teacher is not None and users:
-                    tick = time.perf_counter()
-                    out = teacher_forward(teacher, images, teacher_stages, first.amp)
-                    _sync(device)
-                    teacher_time = time.perf_counter() - tick
-                    for m in users:
-                        m.teacher_time_s += teacher_time / len(users)
-                        m.shared_time_s += teacher_time / len(users)
-                for m in active:
-                    m.shared_time_s += data_time / len(active)
-                    tick = time.perf_counter()
-                    try:
-                        m.train_step(images, batch.labels, batch.indices, out, epoch, iteration, iterations)
-                        _sync(device)
-                    except Exception as err:  # noqa: BLE001 - one member's failure must not stop the others
-                        m.fail(err)
-                    m.own_time_s += time.perf_counter() - tick
-                    m.samples += len(batch.labels)
-                if progress is not None:
-                    progress(1)
-            for m in members:
-                if not m.active:
-                    continue
-                try:
-                    spent = m.shared_time_s + m.own_time_s - shared_before[id(m)]
-                    m.end_epoch(epoch, splits, eval_batch_size, spent)
-                except Exception as err:  # noqa: BLE001 - as above
-                    m.fail(err)
+        for member in members:
+            if member.active and member.method.init_epochs > 0:
+                _init_phase(member, splits, teacher, eval_batch_size, iterations, progress)
+        _train_epochs([m for m in members if m.active], splits, teacher, first.seed, first.epochs, iterations,
+                      eval_batch_size, progress, phase="train")
         if generations > 1 and members[0].active:
-            pred = predict(members[0].student, splits, "test", eval_batch_size, amp=first.amp,
+            pred = predict(members[0].student, splits, first.eval_split, eval_batch_size, amp=first.amp,
                            channels_last=first.channels_last)
             members[0].generation_top1.append(top1(pred.logits, pred.labels))
+
+
+INIT_STREAM = "init"
+
+
+def _init_phase(member: Member, splits: Splits, teacher: nn.Module | None, eval_batch_size: int,
+                iterations: int, progress: ProgressHook | None) -> None:
+    """Run ``member``'s initialisation phase alone, on a data stream seeded apart from the shared one."""
+    try:
+        optimizer = member.init_optimizer()
+    except Exception as err:  # noqa: BLE001 - a method's failure is its run's failure
+        member.fail(err)
+        return
+    _train_epochs([member], splits, teacher, view_seed(member.spec.seed, INIT_STREAM), member.method.init_epochs,
+                  iterations, eval_batch_size, progress, phase="init", optimizer=optimizer)
+    if member.active:
+        member.end_init_phase()
+
+
+def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module | None, seed: int, epochs: int,
+                  iterations: int, eval_batch_size: int, progress: ProgressHook | None, *, phase: str,
+                  optimizer: torch.optim.Optimizer | None = None) -> None:
+    """``epochs`` epochs of the members on one data stream seeded ``seed`` (the shared loop of both phases)."""
+    if not members:
+        return
+    first = members[0].spec
+    device = members[0].device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    view_names = sorted({v for m in members for v in m.method.extra_views})
+    view_generators = {}
+    for name in view_names:
+        view_generators[name] = torch.Generator(device=device)
+        view_generators[name].manual_seed(view_seed(seed, name))
+    for epoch in range(epochs):
+        shared_before = {id(m): m.shared_time_s + m.own_time_s for m in members}
+        batches = splits.train_batches(first.batch_size, generator)
+        for iteration in range(iterations):
+            tick = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            active = [m for m in members if m.active]
+            if not active:
+                return
+            images = to_memory_format(batch.images, first.channels_last)
+            wanted = sorted({v for m in active for v in m.method.extra_views})
+            views = {name: to_memory_format(VIEW_AUGMENTATIONS.get(name)(batch.images, splits.info,
+                                                                         view_generators[name]),
+                                            first.channels_last)
+                     for name in wanted}
+            data_time = time.perf_counter() - tick
+            users = [m for m in active if m.uses_teacher]
+            out = None
+            if teacher is not None and users:
+                tick = time.perf_counter()
+                out = _teacher_outputs(teacher, images, views, users, first.amp)
+                _sync(device)
+                teacher_time = time.perf_counter() - tick
+                for m in users:
+                    m.teacher_time_s += teacher_time / len(users)
+                    m.shared_time_s += teacher_time / len(users)
+            for m in active:
+                m.shared_time_s += data_time / len(active)
+                tick = time.perf_counter()
+                try:
+                    m.train_step(images, batch.labels, batch.indices, out, epoch, iteration, iterations,
+                                 views={v: views[v] for v in m.method.extra_views}, phase=phase,
+                                 optimizer=optimizer)
+                    _sync(device)
+                except Exception as err:  # noqa: BLE001 - one member's failure must not stop the others
+                    m.fail(err)
+                m.own_time_s += time.perf_counter() - tick
+                m.samples += len(batch.labels)
+            if progress is not None:
+                progress(1)
+        for m in members:
+            if not m.active:
+                continue
+            try:
+                spent = m.shared_time_s + m.own_time_s - shared_before[id(m)]
+                m.end_epoch(epoch, splits, eval_batch_size, spent, phase=phase)
+            except Exception as err:  # noqa: BLE001 - as above
+                m.fail(err)
+
+
+def _teacher_outputs(teacher: nn.Module, images: Tensor, views: dict[str, Tensor], users: Sequence[Member],
+                     amp: bool) -> dict[str, TeacherOutput]:
+    """One teacher pass per view that some user needs: the union of their stages, the embedding if any asks."""
+    stages = sorted({s for m in users for s in m.method.teacher_stages})
+    embedding = any(m.method.embeddings for m in users)
+    out = {MAIN_VIEW: teacher_forward(teacher, images, stages, amp, embedding)}
+    for name, view in views.items():
+        if any(name in m.method.extra_views for m in users):
+            out[name] = teacher_forward(teacher, view, stages, amp, embedding)
+    return out
 
 
 def _sync(device: torch.device) -> None:

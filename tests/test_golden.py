@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kdbench.distiller import get_method, list_methods
-from tests.golden.cases import build, compute, golden_path, step_for
+from tests.golden.cases import build, compute, golden_digest, golden_path, read_versions, step_for
 
 BUILTIN = [name for name in list_methods() if get_method(name).__module__.startswith("kdbench.methods.")]
 
@@ -55,3 +55,13 @@ def test_method_contract(name):
     assert doc, "a method's docstring opens with its paper"
     assert cls.Params.__dataclass_params__.frozen
     cls.Params()  # the paper's defaults construct
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_golden_values_change_only_with_the_method_version(name):
+    """A golden file re-pinned without a version bump fails here: results would be reused under the old id."""
+    version = str(get_method(name).version)
+    pinned = read_versions().get(name, {})
+    assert version in pinned, f"{name} version {version} has no pinned golden digest: run python -m tests.golden.cases"
+    assert pinned[version] == golden_digest(name), (
+        f"the golden values of {name!r} changed while its version stayed {version}: bump {name}.version")

@@ -6,6 +6,7 @@ after a deliberate change of its loss; review the diff of the values before comm
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -88,8 +89,38 @@ def golden_path(name: str) -> Path:
     return GOLDEN_DIR / f"{name}.json"
 
 
+VERSIONS_PATH = GOLDEN_DIR / "versions.json"
+
+
+def golden_digest(name: str) -> str:
+    """SHA-256 of a method's golden file, as recorded in ``versions.json`` for the version that pinned it."""
+    return hashlib.sha256(golden_path(name).read_bytes()).hexdigest()
+
+
+def read_versions() -> dict[str, dict[str, str]]:
+    """Method name -> {version: digest of the golden file pinned at that version}."""
+    return json.loads(VERSIONS_PATH.read_text()) if VERSIONS_PATH.is_file() else {}
+
+
+def pin(name: str) -> None:
+    """Write ``name``'s golden values and record their digest under the method's current version.
+
+    Refuses (exit 1) when the values change while the method's ``version`` does not: bump the version first.
+    """
+    values = compute(name)
+    text = json.dumps(values, indent=1, sort_keys=True) + "\n"
+    version = str(get_method(name).version)
+    versions = read_versions()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    known = versions.get(name, {}).get(version)
+    if known is not None and known != digest:
+        sys.exit(f"{name}: its loss values changed but its version is still {version}; bump {name}'s version")
+    golden_path(name).write_text(text)
+    versions.setdefault(name, {})[version] = digest
+    VERSIONS_PATH.write_text(json.dumps(versions, indent=1, sort_keys=True) + "\n")
+    print(name, values)
+
+
 if __name__ == "__main__":
     for method_name in sys.argv[1:]:
-        values = compute(method_name)
-        golden_path(method_name).write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
-        print(method_name, values)
+        pin(method_name)
