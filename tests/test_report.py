@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kdbench.commands.report import add_parser as add_report_parser
+from kdbench.commands.report import run_report
 from kdbench.errors import KDBenchError
 from kdbench.report import (
     console_leaderboard,
@@ -28,7 +30,6 @@ from kdbench.report import (
     published_comparison,
     write_report,
 )
-from kdbench.report.command import add_report_parser, run_report
 from kdbench.report.figures import NoFigureData, figure_bytes
 from kdbench.report.stats import t_quantile
 from kdbench.report.style import method_colour, method_slots
@@ -514,3 +515,29 @@ def test_teacher_cost_from_the_records_places_the_teacher_star(tmp_path: Path) -
     stars = [line for line in figure.axes[0].lines if line.get_marker() == "*"]
     assert len(stars) == 1
     assert list(stars[0].get_xdata()) == [pytest.approx(1.08)] and list(stars[0].get_ydata()) == [79.42]
+
+
+def test_gaps_the_seeds_cannot_support_are_marked(board: pd.DataFrame, runs: pd.DataFrame) -> None:
+    from kdbench.report.aggregate import delta_is_supported
+    from kdbench.report.formatting import NOT_SUPPORTED
+    from kdbench.report.tables import leaderboard_display
+
+    assert bool(_row(board, *P1, "kd")["delta_supported"])  # three seeds, +1.5 pp every time
+    assert not bool(_row(board, *P1, "kd(temperature=2)")["delta_supported"])  # one seed: nothing to support it
+    assert not delta_is_supported(0.3, 0.9, 3) and delta_is_supported(-1.2, 0.9, 3)
+    assert not delta_is_supported(5.0, math.nan, 1)
+    text = console_leaderboard(runs)
+    marked = [line.split()[0] for line in text.splitlines() if NOT_SUPPORTED in line and line.startswith("  ")]
+    assert "kd(temperature=2)" in marked and "kd" not in marked
+    assert "(n.s.) = not supported by the seeds" in text
+    display = leaderboard_display(board)
+    cells = {row[display.header[0].index("Method")]: row[display.header[0].index("Δ vs ce")] for row in display.rows}
+    assert cells["kd(temperature=2)"].endswith(NOT_SUPPORTED) and not cells["kd"].endswith(NOT_SUPPORTED)
+
+
+def test_delta_figure_draws_unsupported_gaps_pale(runs: pd.DataFrame) -> None:
+    from kdbench.report.figures import UNSUPPORTED_ALPHA
+
+    figure = plot_delta_top1(runs)
+    alphas = [patch.get_alpha() for patch in figure.axes[0].patches]
+    assert UNSUPPORTED_ALPHA in alphas and 1.0 in alphas

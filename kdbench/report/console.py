@@ -5,7 +5,16 @@ from __future__ import annotations
 import pandas as pd
 
 from kdbench.report.aggregate import leaderboard, pair_groups
-from kdbench.report.formatting import DASH, fixed, is_missing, mean_pm, signed_pm, significant
+from kdbench.report.formatting import (
+    DASH,
+    NOT_SUPPORTED,
+    NOT_SUPPORTED_NOTE,
+    fixed,
+    is_missing,
+    mean_pm,
+    signed_pm,
+    significant,
+)
 
 _HEADERS = ("method", "teacher", "top-1 (%)", "Δ vs {baseline}", "agree (%)", "params (M)", "extra (M)")
 _RIGHT_ALIGNED = (False, False, True, True, True, True, True)
@@ -20,7 +29,8 @@ def _top1_cell(row: pd.Series) -> str:
 def _delta_cell(row: pd.Series) -> str:
     if row["is_baseline"] or row["n_paired"] == 0:
         return DASH
-    return f"{signed_pm(row['delta_top1'], row['delta_top1_std'])} ({row['n_paired']})"
+    mark = "" if row.get("delta_supported", False) else f" {NOT_SUPPORTED}"
+    return f"{signed_pm(row['delta_top1'], row['delta_top1_std'])} ({row['n_paired']}){mark}"
 
 
 def _extra_cell(value: float) -> str:
@@ -92,6 +102,7 @@ def format_leaderboard_text(table: pd.DataFrame, baseline: str = "ce") -> str:
             lines.append(f"  {note}")
     lines.append("")
     lines.append(f"± = std over seeds (n); Δ = top-1 minus {baseline}'s, paired by seed (n pairs)")
+    lines.append(NOT_SUPPORTED_NOTE)
     return "\n".join(lines)
 
 

@@ -297,6 +297,9 @@ def _draw_cost_panel(ax: Any, panel: pd.DataFrame, costs: dict[tuple[str, str], 
 
 # ------------------------------------------------------------------------------------------------- Δ over baseline
 
+UNSUPPORTED_ALPHA = 0.35  # a Δ bar the seeds do not support is drawn pale
+
+
 def _delta_rows(table: pd.DataFrame) -> pd.DataFrame:
     rows = table[~table["is_baseline"] & (table["n_paired"] > 0)]
     if rows.empty:
@@ -329,6 +332,7 @@ def plot_delta_top1(frame: pd.DataFrame, baseline: str = "ce") -> Figure:
     figure = new_figure(width, 2.4)
     ax = figure.subplots()
     bar_width = 0.8 / len(variants)
+    unsupported = 0
     by_cell = {(row["method_label"], tuple(row[k] for k in PAIR_KEY)): row for _, row in rows.iterrows()}
     for v_index, variant in enumerate(variants):
         for p_index, pair in enumerate(pairs):
@@ -337,13 +341,19 @@ def plot_delta_top1(frame: pd.DataFrame, baseline: str = "ce") -> Figure:
                 continue
             x = p_index - 0.4 + bar_width * (v_index + 0.5)
             ci = found["delta_top1_ci95"]
+            supported = bool(found.get("delta_supported", False))
             ax.bar(x, found["delta_top1"], width=bar_width * 0.9, color=method_colour(variant.method, slots, baseline),
                    hatch=hatch_of[variant.method_label], edgecolor="white", linewidth=0.3,
+                   alpha=1.0 if supported else UNSUPPORTED_ALPHA,
                    yerr=None if pd.isna(ci) else ci, error_kw={"elinewidth": 0.6, "capsize": 1.5})
+            if not supported:
+                unsupported += 1
     ax.axhline(0.0, color="#444444", linewidth=0.6)
     ax.set_xticks(range(len(pairs)))
     ax.set_xticklabels([labels[p] for p in pairs], fontsize=6)
     ax.set_ylabel(f"Δ top-1 vs {baseline} (pp)")
+    if unsupported:
+        ax.set_title("pale bars: gaps the seeds do not support (paired 95% CI contains 0, or < 2 seeds)", fontsize=6)
     handles = [Patch(facecolor=method_colour(v.method, slots, baseline), hatch=hatch_of[v.method_label],
                      edgecolor="white", label=v.method_label) for v in variants]
     figure.legend(handles=handles, loc="outside lower center", ncol=_legend_columns(len(handles), width))

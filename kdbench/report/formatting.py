@@ -6,6 +6,9 @@ import math
 from typing import Any
 
 DASH = "—"
+NOT_SUPPORTED = "(n.s.)"
+NOT_SUPPORTED_NOTE = ("(n.s.) = not supported by the seeds: fewer than 2 paired seeds, or the paired 95% interval "
+                      "of Δ contains 0")
 
 
 def is_missing(value: Any) -> bool:
