@@ -10,14 +10,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes and averaged over the batch; no T² factor."""
+def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor) -> Tensor:
+    """KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes and averaged over the batch; no T² factor.
+
+    ``temperature`` may be a 0-dim tensor (a learnable temperature, as CTKD's), through which the gradient flows.
+    """
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor) -> Tensor:
     """Hinton et al.'s soft-target term: T² · KL(p_t || p_s) averaged over the batch, ``p = softmax(z / T)``.
 
     The T² factor keeps the gradient scale independent of T (Hinton et al., 2015, Sec. 2). It equals the

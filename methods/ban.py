@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import DatasetInfo
-from kdbench.distiller import Distiller, Step, register_method
+from kdbench.distiller import Distiller, Step, register_method, tunable
 from kdbench.features import ModelInfo
-from kdbench.methods.kd import kd_loss
+from kdbench.losses import kd_loss
 
 
 @register_method("ban")
@@ -43,7 +43,7 @@ class BornAgain(Distiller):
         """
 
         generations: int = 2
-        temperature: float = 1.0
+        temperature: float = field(default=1.0, metadata=tunable(1.0, 8.0))
         kd_weight: float = 1.0
         ce_weight: float = 0.0
 

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import DatasetInfo
-from kdbench.distiller import Distiller, Step, register_method
+from kdbench.distiller import Distiller, Step, register_method, tunable
 from kdbench.errors import ModelError
 from kdbench.features import ModelInfo, StageShape
-
-
-def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes and averaged over the batch; no T² factor."""
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+from kdbench.losses import soft_kl
 
 
 def squared_distance(feature: Tensor, target: Tensor) -> Tensor:
@@ -74,9 +68,9 @@ class BeYourOwnTeacher(Distiller):
         """
 
         exits: int = 3
-        alpha: float = 0.3
-        hint_weight: float = 0.03
-        temperature: float = 3.0
+        alpha: float = field(default=0.3, metadata=tunable(0.1, 0.9))
+        hint_weight: float = field(default=0.03, metadata=tunable(0.003, 0.3, log=True))
+        temperature: float = field(default=3.0, metadata=tunable(1.0, 8.0))
 
         def __post_init__(self) -> None:
             if self.exits < 1:
