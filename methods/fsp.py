@@ -1,0 +1,123 @@
+"""FSP: an initialisation that matches the flow between consecutive stages (Gram matrices across stage pairs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from kdbench.distiller import Distiller, RunContext, Step, register_method
+from kdbench.errors import ConfigError
+from kdbench.features import FeatureAdapter, ModelInfo, pool_to_common_size, select_stages, shared_depths
+from kdbench.losses import cross_entropy
+
+if TYPE_CHECKING:
+    from kdbench.data import DatasetInfo
+
+
+def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
+    """``G[b, i, j] = mean over positions of first[b, i] * second[b, j]``, (B, C_first, C_second).
+
+    Where the two maps differ in size the larger is average-pooled to the smaller's size first.
+    """
+    first, second = pool_to_common_size(first.float(), second.float())
+    return torch.bmm(first.flatten(2), second.flatten(2).transpose(1, 2)) / first[0, 0].numel()
+
+
+def fsp_loss(student_chain: Sequence[Tensor], teacher_chain: Sequence[Tensor]) -> Tensor:
+    """Sum over the consecutive pairs (k, k + 1) of each chain of mean ``(G_s - G_t)²`` (RepDistiller's ``FSP``).
+
+    With ``fsp_s`` and ``fsp_t`` (chains of three maps) it equals the reference key ``fsp_2pairs``.
+    """
+    return sum((fsp_matrix(*s) - fsp_matrix(*t)).pow(2).mean()
+               for s, t in zip(pairwise(student_chain), pairwise(teacher_chain), strict=True))
+
+
+@register_method("fsp")
+class FSP(Distiller):
+    """A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and Transfer Learning (CVPR 2017).
+
+    Junho Yim, Donggyu Joo, Jihoon Bae, Junmo Kim. Paper: https://openaccess.thecvf.com/content_cvpr_2017/html/Yim_A_Gift_From_CVPR_2017_paper.html
+    Initialisation phase (``init_epochs``): the student learns to reproduce the teacher's FSP matrices, the
+    Gram matrices ``G = F_a F_b^T / (h w)`` between consecutive maps of a chain of stages:
+    loss = sum over the pairs of mean (G_s - G_t)². Main phase: ce_weight * CE(z_s, y) + beta * that loss.
+
+    Protocol: the CRD benchmark's (RepDistiller ``--distill fsp -a 0 -b 50 --init_epochs 30``): the chain is every
+    stage map including the stem (``feat[:-1]``), the larger map of a pair average-pooled to the smaller's size,
+    and its main loop sets the FSP term to 0 whatever ``-b`` says (the paper's second stage is the main task alone
+    too): hence beta 0. kdbench chains the stages of the model with fewer stages with the other model's stages of
+    nearest relative depth. RepDistiller needs equal channel counts at each link (its tables read N/A otherwise);
+    kdbench maps a student stage whose width differs onto the teacher's with a 1x1 conv + BN (no resizing),
+    trained with the student in the initialisation phase.
+    """
+
+    version: ClassVar[int] = 1
+
+    @dataclass(frozen=True)
+    class Params:
+        """Hyperparameters of FSP.
+
+        Attributes:
+            beta: weight of the FSP term in the main phase (0: RepDistiller's and the paper's CE-only main phase).
+            ce_weight: weight of the cross-entropy with the labels in the main phase.
+            init_epochs: epochs of FSP initialisation before the main phase (its own budget).
+            depths: relative depths in [0, 1] of the chained stages in both models (``None``: the default chain).
+            student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
+            teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
+        """
+
+        beta: float = 0.0
+        ce_weight: float = 1.0
+        init_epochs: int = 30
+        depths: tuple[float, ...] | None = None
+        student_indices: tuple[int, ...] | None = None
+        teacher_indices: tuple[int, ...] | None = None
+
+        def __post_init__(self) -> None:
+            if self.beta < 0 or self.ce_weight < 0 or self.init_epochs < 0:
+                raise ValueError(f"need beta, ce_weight, init_epochs >= 0 (got {self.beta}, {self.ce_weight}, "
+                                 f"{self.init_epochs})")
+            if self.depths is not None and not all(0.0 <= d <= 1.0 for d in self.depths):
+                raise ValueError(f"depths must lie in [0, 1] (got {list(self.depths)})")
+
+    def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
+                 context: RunContext | None = None) -> None:
+        super().__init__(params, student, teacher, data, context)
+        student.require_features(self.name)
+        teacher.require_features(self.name)
+        depths = params.depths if params.depths is not None else shared_depths(student, teacher, skip_first=False)
+        s = select_stages(student, depths, params.student_indices, what=f"{self.name}.student_indices")
+        t = select_stages(teacher, depths, params.teacher_indices, what=f"{self.name}.teacher_indices")
+        if len(s) != len(t) or len(s) < 2:
+            raise ConfigError(f"{self.name} chains {len(s)} student stage(s) with {len(t)} teacher stage(s); give "
+                              f"as many of each (at least two) through depths, student_indices, teacher_indices")
+        self.chain = tuple(zip(s, t, strict=True))
+        self.student_stages, self.teacher_stages = tuple(sorted(set(s))), tuple(sorted(set(t)))
+        self.init_epochs = params.init_epochs
+        shapes = [(student.stages[i], teacher.stages[j].channels) for i, j in self.chain]
+        self.adapters = nn.ModuleList(FeatureAdapter(a, dataclasses.replace(a, channels=c)) for a, c in shapes)
+
+    def param_groups(self) -> list[dict]:
+        """The adapters train in the main phase only when the FSP term is part of it (``beta > 0``)."""
+        return super().param_groups() if self.params.beta > 0 else []
+
+    def _fsp(self, step: Step) -> Tensor:
+        student = [a(step.student_features[s]) for a, (s, _) in zip(self.adapters, self.chain, strict=True)]
+        return fsp_loss(student, [step.teacher_features[t] for _, t in self.chain])
+
+    def init_losses(self, step: Step) -> dict[str, Tensor]:
+        """The FSP loss alone (the student and the adapters train)."""
+        return {"loss_fsp": self._fsp(step)}
+
+    def losses(self, step: Step) -> dict[str, Tensor]:
+        """Weighted cross-entropy, and the FSP term when ``beta > 0``."""
+        p = self.params
+        terms = {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels)}
+        if p.beta > 0:
+            terms["loss_fsp"] = p.beta * self._fsp(step)
+        return terms
