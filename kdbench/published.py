@@ -58,7 +58,8 @@ def load_published(dataset: str | None = None) -> pd.DataFrame:
     Returns:
         One row per (dataset, teacher, student, method) with the columns of :data:`PUBLISHED_COLUMNS`; ``top1`` is
         a percentage (float), every other column a string. ``method`` uses kdbench's method names
-        (:data:`PUBLISHED_METHOD_NAMES` maps the table's own).
+        (:data:`PUBLISHED_METHOD_NAMES` maps the table's own), or the run label kdbench gives a variant with other
+        parameters (``crd(kd_weight=1)``, the papers' CRD+KD).
 
     Raises:
         DataError: a packaged table is missing columns (a damaged installation).

@@ -9,6 +9,8 @@ import pytest
 import timm
 
 import kdbench.zoo  # noqa: F401  (registers the zoo)
+from kdbench.config import build_params, method_label
+from kdbench.distiller import discover_methods, get_method
 from kdbench.errors import ModelError
 from kdbench.published import load_published, published_name, zoo_name
 
@@ -31,7 +33,24 @@ KNOWN_FIGURES = [
     ("resnet32x4", "resnet8x4", "dkd", 76.32),  # DKD Table 1 / mdistiller README
     ("vgg13", "vgg8", "dkd", 74.68),  # DKD Table 1 / mdistiller README
     ("resnet50", "mobilenetv2", "dkd", 70.35),  # DKD Table 2 / mdistiller README
+    ("resnet32x4", "resnet8x4", "crd(kd_weight=1)", 75.46),  # CRD Table 1, row CRD+KD
+    ("resnet32x4", "shufflenetv2", "crd(kd_weight=1)", 76.05),  # CRD Table 2, row CRD+KD
+    ("resnet32x4", "resnet8x4", "dist", 76.31),  # DIST_KD README
+    ("resnet56", "resnet20", "ctkd", 71.19),  # CTKD README
+    ("resnet32x4", "resnet8x4", "kd_ls", 76.62),  # logit-standardization-KD README, table 1
+    ("resnet32x4", "resnet8x4", "dkd_ls", 77.01),  # logit-standardization-KD README, table 1
+    ("resnet50", "mobilenetv2", "ctkd_ls", 69.36),  # logit-standardization-KD README, table 2
 ]
+
+# how each source reports its figures (the ``reporting`` column's whole vocabulary)
+REPORTING = {
+    "last epoch, single run": {"teacher", "ce", "kd", "fitnets", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft",
+                               "fsp", "nst", "crd", "crd(kd_weight=1)"},
+    "best epoch, mean of 5 runs": {"dkd"},
+    "mean of runs; epoch and number of runs not stated": {"dist"},
+    "not stated": {"ctkd"},
+    "best epoch, mean of runs; number of runs not stated": {"kd_ls", "dkd_ls", "ctkd_ls"},
+}
 
 EXPECTED_ZOO_NAMES = {
     "resnet8x4": "cifar_resnet8x4", "resnet32x4": "cifar_resnet32x4", "resnet20": "cifar_resnet20",
@@ -53,7 +72,7 @@ def test_loader_has_the_columns_and_every_row():
     table = load_published()
     rows = raw_rows()
     assert list(table.columns) == COLUMNS
-    assert len(table) == len(rows) == 199
+    assert len(table) == len(rows) == 258
     renamed = {"fitnet": "fitnets"}  # the table's name for FitNets; kdbench's registry calls it fitnets
     for (_, loaded), raw in zip(table.iterrows(), rows, strict=True):
         raw = {**raw, "method": renamed.get(raw["method"], raw["method"])}
@@ -82,10 +101,22 @@ def test_values_are_plain_strings_and_percentages():
         assert all(type(value) is str and value for value in table[column]), column
     assert table["top1"].notna().all()
     assert table["top1"].between(0, 100).all()
-    assert set(table["reporting"]) == {"last epoch, single run", "best epoch, mean of 5 runs"}
+    assert set(table["reporting"]) == set(REPORTING)
+    for reporting, methods in REPORTING.items():
+        assert set(table.loc[table["reporting"] == reporting, "method"]) == methods, reporting
     dkd = table[table.method == "dkd"]
     assert set(dkd["reporting"]) == {"best epoch, mean of 5 runs"}
     assert dkd["source"].str.contains("Decoupled Knowledge Distillation").all()
+
+
+def test_methods_are_kdbench_methods_or_run_labels_of_their_variants():
+    """A published variant with other parameters is named by the run label kdbench gives it (``crd(kd_weight=1)``)."""
+    discover_methods()
+    for name in set(load_published()["method"]) - {"teacher"}:
+        method, _, rest = name.partition("(")
+        cls = get_method(method)
+        overrides = dict(item.split("=", 1) for item in rest.removesuffix(")").split(",")) if rest else {}
+        assert method_label(method, build_params(cls.Params, overrides, method), cls.Params) == name
 
 
 def test_dataset_filter():
