@@ -382,6 +382,7 @@ def test_crd_table_layout(report: tuple[Path, Any]) -> None:
     assert "\\toprule" in tex and "\\bottomrule" in tex and "cifar\\_resnet8x4" in tex and "$\\pm$" in tex
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex installed")
 def test_latex_tables_compile(report: tuple[Path, Any], tmp_path: Path) -> None:
     out, result = report
@@ -541,3 +542,19 @@ def test_delta_figure_draws_unsupported_gaps_pale(runs: pd.DataFrame) -> None:
     figure = plot_delta_top1(runs)
     alphas = [patch.get_alpha() for patch in figure.axes[0].patches]
     assert UNSUPPORTED_ALPHA in alphas and 1.0 in alphas
+
+
+def test_published_comparison_matches_variants_by_their_label(tmp_path: Path) -> None:
+    """The CRD+KD row of the published table is the run labelled `crd(kd_weight=1)`, not the default `crd`."""
+    store = tmp_path / "store"
+    common = dict(student=P1[1], teacher=P1[0], teacher_source="trained", teacher_epochs=240, teacher_seed=0,
+                  teacher_top1=79.42, agreement=80.0)
+    write_record(store, make_record("ce0"))
+    write_record(store, make_record("crd0", method="crd", method_label="crd", top1=75.5, **common))
+    write_record(store, make_record("crdkd0", method="crd", method_label="crd(kd_weight=1)",
+                                    method_params={"kd_weight": 1.0}, top1=75.9, **common))
+    compared = published_comparison(leaderboard(load(store)))
+    methods = set(compared["method"])
+    assert {"crd", "crd(kd_weight=1)"} <= methods
+    row = compared[compared["method"] == "crd(kd_weight=1)"].iloc[0]
+    assert row["measured_top1"] == 75.9 and row["published_top1"] > 0

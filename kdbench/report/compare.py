@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from kdbench.errors import KDBenchError
+from kdbench.published import load_published, zoo_name
 from kdbench.report.aggregate import PAIR_KEY
 
 COMPARISON_COLUMNS = [
@@ -14,14 +15,10 @@ COMPARISON_COLUMNS = [
 
 
 def load_published_table() -> pd.DataFrame | None:
-    """The published table with zoo model names, or None when ``kdbench.published`` is not available.
+    """The published table with zoo model names, or None when it cannot be read or is empty.
 
     Rows whose model is not in the zoo are dropped (nothing measured can match them).
     """
-    try:
-        from kdbench.published import load_published, zoo_name
-    except ImportError:
-        return None
     try:
         published = load_published(None)
     except (KDBenchError, OSError, ValueError):
@@ -44,7 +41,8 @@ def load_published_table() -> pd.DataFrame | None:
 def _measured_rows(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Measured top-1 per pair and method, named as the papers name them.
 
-    Each method's default variant counts, the baseline as ``ce`` and the pair's teacher as ``teacher``.
+    Each variant is named by its label (the method's name at its defaults, e.g. ``crd(kd_weight=1)`` otherwise, as
+    the published table names the CRD+KD row), the baseline as ``ce`` and the pair's teacher as ``teacher``.
     """
     rows = []
     for key, pair_rows in table.groupby(PAIR_KEY, sort=False, dropna=False):
@@ -54,10 +52,8 @@ def _measured_rows(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
             rows.append(pair | {"method": "teacher", "measured_top1": teacher_top1, "measured_std": float("nan"),
                                 "n": 1})
         for _, row in pair_rows[pair_rows["n"] > 0].iterrows():
-            default_variant = row["method_label"] == row["method"]
-            if not default_variant:
-                continue
-            method = "ce" if row["is_baseline"] and row["method"] == baseline else row["method"]
+            # a variant is named by its label: the method's name at its defaults, `crd(kd_weight=1)` otherwise
+            method = "ce" if row["is_baseline"] and row["method"] == baseline else row["method_label"]
             rows.append(pair | {"method": method, "measured_top1": row["top1_mean"],
                                 "measured_std": row["top1_std"], "n": row["n"]})
     return pd.DataFrame(rows)
