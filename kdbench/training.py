@@ -9,6 +9,7 @@ same augmentation, which makes method comparisons paired by construction.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -21,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdbench import distributed
 from kdbench.config import RunSpec, build_params, method_label
-from kdbench.data import DatasetInfo, Splits
+from kdbench.data import Batch, DatasetInfo, Splits
 from kdbench.distiller import Distiller, RunContext, Step, View, construct_method, get_method
 from kdbench.errors import ConfigError
 from kdbench.features import ModelInfo, describe_model, forward_outputs, forward_with_features
@@ -41,7 +43,14 @@ class NonFiniteLoss(RuntimeError):
 
 
 class RNGState:
-    """A private copy of every global RNG (torch CPU and CUDA, Python, NumPy), swapped in around a member's work.
+    """A member's private random state, made the global one around the member's work.
+
+    torch's CPU and CUDA generators are private copies, swapped in and out (a few microseconds; no device
+    synchronisation). Python's and NumPy's global RNGs cost ~100 times more to save and restore, so instead they are
+    seeded afresh each time the state is made active, from the member's seed and a count of its activations: a
+    member's draws from them are still a function of its own seed and history alone, whoever else is in the
+    cohort. Their global state is therefore changed by :meth:`active`; :func:`host_rngs_preserved` saves and
+    restores it around a whole training.
 
     Args:
         seed: the seed the private state starts from.
@@ -50,35 +59,66 @@ class RNGState:
 
     def __init__(self, seed: int, device: torch.device) -> None:
         self._cuda = device if device.type == "cuda" else None
+        self._seed = seed
+        self._activations = 0
         outer = self._capture()
         torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
         self._state = self._capture()
         self._restore(outer)
 
-    def _capture(self) -> tuple[Any, ...]:
+    def _capture(self) -> tuple[Tensor, Tensor | None]:
         cuda_state = torch.cuda.get_rng_state(self._cuda) if self._cuda is not None else None
-        return torch.get_rng_state(), cuda_state, random.getstate(), np.random.get_state()
+        return torch.get_rng_state(), cuda_state
 
-    def _restore(self, state: tuple[Any, ...]) -> None:
-        cpu, cuda_state, py, npy = state
+    def _restore(self, state: tuple[Tensor, Tensor | None]) -> None:
+        cpu, cuda_state = state
         torch.set_rng_state(cpu)
         if cuda_state is not None:
             torch.cuda.set_rng_state(cuda_state, self._cuda)
-        random.setstate(py)
-        np.random.set_state(npy)
+
+    def _seed_host_rngs(self) -> None:
+        """Seed Python's and NumPy's global RNGs from (seed, activation count) with a splitmix64 mix."""
+        z = (self._seed * 0x9E3779B97F4A7C15 + self._activations + 1) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        z ^= z >> 31
+        self._activations += 1
+        random.seed(z)
+        np.random.seed(z & 0xFFFFFFFF)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Make this state the global RNG state for the block; keep what the block drew."""
         outer = self._capture()
         self._restore(self._state)
+        self._seed_host_rngs()
         try:
             yield
         finally:
             self._state = self._capture()
             self._restore(outer)
+
+
+@contextlib.contextmanager
+def host_rngs_preserved() -> Iterator[None]:
+    """Save Python's and NumPy's global RNG states for the block and restore them after it."""
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+def ensure_mode(module: nn.Module, training: bool) -> None:
+    """Put ``module`` in training (or eval) mode unless its root already is.
+
+    ``Module.train`` walks the whole tree (milliseconds for a ResNet-50), too slow for every step. The root's flag
+    stands for the tree: everything in kdbench that changes a model's mode does it from the root and restores it
+    from the root (:func:`predict`).
+    """
+    if module.training != training:
+        module.train(training)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,22 +203,39 @@ def predict(model: nn.Module, splits: Splits, split: str, batch_size: int, *, am
     device = next(model.parameters()).device
     stages = method.eval_student_stages if method is not None else ()
     logits, labels, extra = [], [], {}
+    parts = []
     try:
-        for batch in splits.eval_batches(split, batch_size):
+        for index, batch in enumerate(splits.eval_batches(split, batch_size)):
+            if not distributed.mine(index):  # under torchrun each rank evaluates its share of the batches
+                continue
             with autocast(device, amp):
                 out, feats = forward_with_features(model, to_memory_format(batch.images, channels_last), stages)
                 heads = method.eval_logits(out, feats) if method is not None else {}
-            logits.append(out.float())
-            labels.append(batch.labels)
-            for name, value in heads.items():
-                extra.setdefault(name, []).append(value.float())
+            parts.append((index, (out.float(), batch.labels, {k: v.float() for k, v in heads.items()})))
     finally:
         model.train(was_training)
         if method is not None:
             method.train(method_was_training)
+    if distributed.enabled():
+        parts = [(i, tuple(_to(x, "cpu") for x in part)) for i, part in parts]
+        ordered = [tuple(_to(x, device) for x in part) for part in distributed.gather_batches(parts)]
+    else:
+        ordered = [part for _, part in parts]
+    for out, batch_labels, heads in ordered:
+        logits.append(out)
+        labels.append(batch_labels)
+        for name, value in heads.items():
+            extra.setdefault(name, []).append(value)
     if not logits:
         return Predictions(torch.empty(0), torch.empty(0, dtype=torch.long))
     return Predictions(torch.cat(logits), torch.cat(labels), {k: torch.cat(v) for k, v in extra.items()})
+
+
+def _to(value: Any, device: torch.device | str) -> Any:
+    """A tensor, or a dict of tensors, moved to ``device``."""
+    if isinstance(value, dict):
+        return {k: v.to(device) for k, v in value.items()}
+    return value.to(device)
 
 
 def top1(logits: Tensor, labels: Tensor) -> float:
@@ -239,11 +296,14 @@ class TeacherOutput:
 
 
 def teacher_forward(teacher: nn.Module, images: Tensor, stages: Sequence[int], amp: bool,
-                    embedding: bool = False) -> TeacherOutput:
-    """Run the teacher once under ``inference_mode`` in eval mode (logits, the given stages, the embedding)."""
+                    embedding: bool = False, forward: Callable[..., Any] = forward_outputs) -> TeacherOutput:
+    """Run the teacher once under ``inference_mode`` in eval mode (logits, the given stages, the embedding).
+
+    ``forward`` is :func:`~kdbench.features.forward_outputs` or its compiled form (:func:`compiled_forward`).
+    """
     device = images.device
     with torch.inference_mode(), autocast(device, amp):
-        out = forward_outputs(teacher, images, stages, embedding)
+        out = forward(teacher, images, stages, embedding)
     return TeacherOutput(out.logits, out.features, out.embedding)
 
 
@@ -293,6 +353,10 @@ class Member:
         self.status = "running"
         self.error: str | None = None
         self.history: list[dict[str, Any]] = []
+        #: the training forward pass of the student (and of the cohort's teacher): compiled after :meth:`compile`
+        self.forward: Callable[..., Any] = forward_outputs
+        #: called with each history entry as it is appended (experiment trackers, see kdbench.trackers)
+        self.epoch_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.generation_top1: list[float] = []
         self.own_time_s = 0.0
         self.shared_time_s = 0.0
@@ -306,8 +370,15 @@ class Member:
         self.student: nn.Module
         self.method: Distiller
         self.optimizer: torch.optim.Optimizer
-        with self.rng.active():
+        with host_rngs_preserved(), self.rng.active():
             self._build(previous=None)
+
+    def compile(self) -> None:
+        """Run the training forward passes (this member's student, the cohort's teacher) under ``torch.compile``.
+
+        Nothing computed changes in principle (compiled kernels may round differently); evaluation stays eager.
+        """
+        self.forward = compiled_forward()
 
     @property
     def generations(self) -> int:
@@ -336,7 +407,7 @@ class Member:
         """Freeze the trained student as the next generation's teacher and start a fresh student."""
         previous = self.student.eval().requires_grad_(False)
         self.generation += 1
-        with self.rng.active():
+        with host_rngs_preserved(), self.rng.active():
             self._build(previous=previous)
 
     @property
@@ -364,10 +435,10 @@ class Member:
             out = outputs.get(view)
             return out.copy_for(stages, embedding) if out is not None else None
 
-        student = forward_outputs(self.student, images, method.student_stages, method.embeddings)
+        student = self.forward(self.student, images, method.student_stages, method.embeddings)
         extra = {}
         for name in method.extra_views:
-            s_out = forward_outputs(self.student, views[name], method.student_stages, method.embeddings)
+            s_out = self.forward(self.student, views[name], method.student_stages, method.embeddings)
             t_out = teacher_of(name)
             extra[name] = View(images=views[name], student_logits=s_out.logits,
                                teacher_logits=t_out.logits if t_out else None, student_features=s_out.features,
@@ -407,8 +478,8 @@ class Member:
         optimizer = optimizer if optimizer is not None else self.optimizer
         lr = spec.lr if init else learning_rate(spec, epoch + iteration / iterations)
         set_learning_rate(optimizer, lr)
-        self.student.train(not init or self._init_trains_student)
-        self.method.train()
+        ensure_mode(self.student, not init or self._init_trains_student)
+        ensure_mode(self.method, True)
         epochs = self.method.init_epochs if init else spec.epochs
         with self.rng.active():
             with autocast(self.device, spec.amp):
@@ -418,12 +489,13 @@ class Member:
             if not terms:
                 raise RuntimeError(f"method {spec.method!r} returned no loss terms")
             loss = torch.stack([t.float() for t in terms.values()]).sum()
-            if self.device.type == "cpu" and not torch.isfinite(loss):
+            if self.device.type == "cpu" and not distributed.enabled() and not torch.isfinite(loss):
                 values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                 where = "initialisation epoch" if init else "epoch"
                 raise NonFiniteLoss(f"non-finite loss at {where} {epoch + 1}, step {iteration + 1} ({values})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(optimizer)
             optimizer.step()
         logits = step.student_logits
         stats = self.stats
@@ -458,6 +530,16 @@ class Member:
         first epoch of the best value), for ``test_top1_at_best_val``.
         """
         stats, self.stats = self.stats, EpochStats()
+        if distributed.enabled():  # every rank's share of the epoch, and rank 0's BatchNorm statistics
+            names = sorted(stats.loss_sums)
+            size = distributed.world().size
+            *totals, correct, seen = distributed.sum_tensors(
+                [torch.as_tensor(stats.loss_sums[k], device=self.device) for k in names]
+                + [torch.as_tensor(stats.correct if stats.correct is not None else 0, device=self.device),
+                   torch.as_tensor(stats.seen, device=self.device)])
+            stats.loss_sums = {k: v / size for k, v in zip(names, totals, strict=True)}
+            stats.correct, stats.seen = (correct if stats.correct is not None else None), int(seen)
+            distributed.broadcast_buffers(self.student)
         sums = {k: float(v) for k, v in stats.loss_sums.items()}
         init = phase == "init"
         if not all(math.isfinite(v) for v in sums.values()):
@@ -481,6 +563,8 @@ class Member:
         entry["val_top1"] = val_top1
         entry["time_s"] = epoch_time_s
         self.history.append(entry)
+        for listener in self.epoch_listeners:
+            listener(entry)
 
     @property
     def extra_params_m(self) -> float:
@@ -525,18 +609,19 @@ def train_members(members: Sequence[Member], splits: Splits, teacher: nn.Module 
         raise ValueError("a member with several generations trains alone")
     eval_batch_size = max(256, first.batch_size)
     iterations = splits.num_batches("train", first.batch_size)
-    for generation in range(generations):
-        if generation:
-            members[0].next_generation()
-        for member in members:
-            if member.active and member.method.init_epochs > 0:
-                _init_phase(member, splits, teacher, eval_batch_size, iterations, progress)
-        _train_epochs([m for m in members if m.active], splits, teacher, first.seed, first.epochs, iterations,
-                      eval_batch_size, progress, phase="train")
-        if generations > 1 and members[0].active:
-            pred = predict(members[0].student, splits, first.eval_split, eval_batch_size, amp=first.amp,
-                           channels_last=first.channels_last)
-            members[0].generation_top1.append(top1(pred.logits, pred.labels))
+    with host_rngs_preserved():
+        for generation in range(generations):
+            if generation:
+                members[0].next_generation()
+            for member in members:
+                if member.active and member.method.init_epochs > 0:
+                    _init_phase(member, splits, teacher, eval_batch_size, iterations, progress)
+            _train_epochs([m for m in members if m.active], splits, teacher, first.seed, first.epochs, iterations,
+                          eval_batch_size, progress, phase="train")
+            if generations > 1 and members[0].active:
+                pred = predict(members[0].student, splits, first.eval_split, eval_batch_size, amp=first.amp,
+                               channels_last=first.channels_last)
+                members[0].generation_top1.append(top1(pred.logits, pred.labels))
 
 
 INIT_STREAM = "init"
@@ -571,17 +656,20 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
     for name in view_names:
         view_generators[name] = torch.Generator(device=device)
         view_generators[name].manual_seed(view_seed(seed, name))
+    clock = StepClock(device)
     for epoch in range(epochs):
         shared_before = {id(m): m.shared_time_s + m.own_time_s for m in members}
         batches = splits.train_batches(first.batch_size, generator)
         for iteration in range(iterations):
-            tick = time.perf_counter()
+            tick = clock.mark()
             try:
                 batch = next(batches)
             except StopIteration:
                 break
+            batch = Batch(*distributed.shard(batch.images, batch.labels, batch.indices))
             active = [m for m in members if m.active]
             if not active:
+                clock.settle()
                 return
             images = to_memory_format(batch.images, first.channels_last)
             wanted = sorted({v for m in active for v in m.method.extra_views})
@@ -589,31 +677,30 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                                                                          view_generators[name]),
                                             first.channels_last)
                      for name in wanted}
-            data_time = time.perf_counter() - tick
+            tock = clock.mark()
+            clock.charge(tick, tock, [(m, "shared_time_s", 1 / len(active)) for m in active])
             users = [m for m in active if m.uses_teacher]
             out = None
             if teacher is not None and users:
-                tick = time.perf_counter()
-                out = _teacher_outputs(teacher, images, views, users, first.amp)
-                _sync(device)
-                teacher_time = time.perf_counter() - tick
-                for m in users:
-                    m.teacher_time_s += teacher_time / len(users)
-                    m.shared_time_s += teacher_time / len(users)
+                tick = tock
+                out = teacher_outputs(teacher, images, views, users, first.amp)
+                tock = clock.mark()
+                clock.charge(tick, tock, [(m, name, 1 / len(users)) for m in users
+                                          for name in ("teacher_time_s", "shared_time_s")])
             for m in active:
-                m.shared_time_s += data_time / len(active)
-                tick = time.perf_counter()
+                tick = tock
                 try:
                     m.train_step(images, batch.labels, batch.indices, out, epoch, iteration, iterations,
                                  views={v: views[v] for v in m.method.extra_views}, phase=phase,
                                  optimizer=optimizer)
-                    _sync(device)
                 except Exception as err:  # noqa: BLE001 - one member's failure must not stop the others
                     m.fail(err)
-                m.own_time_s += time.perf_counter() - tick
+                tock = clock.mark()
+                clock.charge(tick, tock, [(m, "own_time_s", 1.0)])
                 m.samples += len(batch.labels)
             if progress is not None:
                 progress(1)
+        clock.settle()
         for m in members:
             if not m.active:
                 continue
@@ -624,19 +711,76 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                 m.fail(err)
 
 
-def _teacher_outputs(teacher: nn.Module, images: Tensor, views: dict[str, Tensor], users: Sequence[Member],
+def teacher_outputs(teacher: nn.Module, images: Tensor, views: dict[str, Tensor], users: Sequence[Member],
                      amp: bool) -> dict[str, TeacherOutput]:
     """One teacher pass per view that some user needs: the union of their stages, the embedding if any asks."""
     stages = sorted({s for m in users for s in m.method.teacher_stages})
     embedding = any(m.method.embeddings for m in users)
-    out = {MAIN_VIEW: teacher_forward(teacher, images, stages, amp, embedding)}
+    forward = users[0].forward  # compiled when the cohort's members are (one setting per cohort)
+    out = {MAIN_VIEW: teacher_forward(teacher, images, stages, amp, embedding, forward)}
     for name, view in views.items():
         if any(name in m.method.extra_views for m in users):
-            out[name] = teacher_forward(teacher, view, stages, amp, embedding)
+            out[name] = teacher_forward(teacher, view, stages, amp, embedding, forward)
     return out
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for the GPU so that wall-clock timings are true (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@functools.cache
+def compiled_forward() -> Callable[..., Any]:
+    """:func:`~kdbench.features.forward_outputs` under ``torch.compile`` (one wrapper per process).
+
+    The function is compiled rather than the models, so that the models stay plain modules: evaluation, state
+    dicts, deep copies and the efficiency measurement see them as they are, and a feature method's
+    ``forward_intermediates`` pass is compiled as much as a plain forward.
+    """
+    return torch.compile(forward_outputs)
+
+
+class StepClock:
+    """Timings of the training loop without a host synchronisation per step.
+
+    A mark is the wall clock on the CPU. On a GPU it is a CUDA event recorded on the current stream, so a span
+    between two marks is the device time between them (including any time the device sat idle waiting for the
+    host, e.g. for the data loader, which is charged to the span in which the host was late). Spans on a GPU are
+    resolved in one synchronisation at :meth:`settle` (the cohort loop calls it at each epoch's end, and it runs by
+    itself every :attr:`SETTLE_EVERY` spans so that the events of a long epoch do not pile up).
+
+    Args:
+        device: the training device.
+    """
+
+    SETTLE_EVERY = 4096
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._spans: list[tuple[Any, Any, list[tuple[Any, str, float]]]] = []
+
+    def mark(self) -> Any:
+        """A point in time: ``time.perf_counter()`` on the CPU, a recorded CUDA event on a GPU."""
+        if not self._cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def charge(self, start: Any, end: Any, targets: list[tuple[Any, str, float]]) -> None:
+        """Add ``weight`` times the span from ``start`` to ``end`` (seconds) to ``target.<attribute>``, for each."""
+        if not self._cuda:
+            _add_time(end - start, targets)
+            return
+        self._spans.append((start, end, targets))
+        if len(self._spans) >= self.SETTLE_EVERY:
+            self.settle()
+
+    def settle(self) -> None:
+        """Resolve the pending spans (on a GPU: wait for the last event once)."""
+        if not self._spans:
+            return
+        self._spans[-1][1].synchronize()
+        for start, end, targets in self._spans:
+            _add_time(start.elapsed_time(end) / 1000.0, targets)
+        self._spans.clear()
+
+
+def _add_time(seconds: float, targets: list[tuple[Any, str, float]]) -> None:
+    for target, attribute, weight in targets:
+        setattr(target, attribute, getattr(target, attribute) + seconds * weight)

@@ -200,6 +200,7 @@ def test_every_point_of_the_contract_trains_identically_in_a_cohort_and_alone(tm
     assert by_method["v2_init"]["history"][0]["loss_hint"] > 0
 
 
+@pytest.mark.slow
 def test_param_groups_set_learning_rate_multipliers_and_weight_decay(tmp_path, method_sandbox, one_torch_thread):
     define_plugins()
     specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={"v2_groups": {}}, seeds=[0],
@@ -223,6 +224,7 @@ def test_param_groups_set_learning_rate_multipliers_and_weight_decay(tmp_path, m
     assert groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == BUDGET.get("weight_decay", 5e-4)
 
 
+@pytest.mark.slow
 def test_adamw_is_a_run_setting_and_part_of_the_run_id(tmp_path, one_torch_thread):
     common = dict(dataset="digits", pairs=[(None, TINY_STUDENT)], methods={"ce": {}}, seeds=[0], **BUDGET)
     (sgd,) = expand(**common)
@@ -242,6 +244,7 @@ def test_bad_optimizer_settings_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_versions_are_in_the_run_id_and_the_record(tmp_path, monkeypatch, one_torch_thread):
     specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={"kd": {}, "ce": {}},
                    seeds=[0], **BUDGET)
@@ -255,6 +258,7 @@ def test_versions_are_in_the_run_id_and_the_record(tmp_path, monkeypatch, one_to
     assert [s.method for s in plan.pending] == ["kd"] and [s.method for s in plan.done] == ["ce"]
 
 
+@pytest.mark.slow
 def test_run_and_sweep_retrain_only_the_bumped_method(tmp_path, monkeypatch, capsys, one_torch_thread):
     store = tmp_path / "store"
     run = ["run", "--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT, "--method", "ce",
@@ -290,6 +294,7 @@ def load_frame(rows):
     return pd.DataFrame([{**r, "protocol_version": PROTOCOL_VERSION} for r in rows])
 
 
+@pytest.mark.slow
 def test_test_top1_at_best_val_is_recorded_with_its_epoch(tmp_path, one_torch_thread):
     specs = expand(dataset="digits", pairs=[(None, TINY_STUDENT)], methods={"ce": {}}, seeds=[0],
                    **{**BUDGET, "epochs": 3})
@@ -333,3 +338,4 @@ def test_old_plugins_without_a_context_argument_still_get_one(method_sandbox):
 
     method = construct_method(OldStyle, OldStyle.Params(), STUDENT, TEACHER, DATA, CONTEXT)
     assert method.context is CONTEXT and dataclasses.is_dataclass(method.context)
+

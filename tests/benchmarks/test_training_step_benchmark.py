@@ -27,13 +27,18 @@ from kdbench.env import cpu_name
 from kdbench.features import describe_model
 from kdbench.models import create_model
 from kdbench.plan import make_spec
-from kdbench.training import Member, teacher_forward
+from kdbench.training import Member, teacher_outputs
+from kdbench.views import VIEW_AUGMENTATIONS
+from tests.tiny_models import TINY_DEIT
 
 TEACHER, STUDENT = "resnet18", "mobilenetv3_small_050"
 BATCH, SIZE, CHANS, CLASSES = 64, 28, 1, 10
 INFO = DatasetInfo(name="mnist5k", num_classes=CLASSES, in_chans=CHANS, image_size=SIZE, native_size=SIZE,
                    mean=(0.13,), std=(0.31,), flip=False, crop_padding=2, sizes={"train": 3600, "val": 400,
                                                                                  "test": 1000})
+
+TRAIN_LABELS = torch.arange(INFO.sizes["train"]) % CLASSES
+STUDENT_OF = {"deit": TINY_DEIT}  # a method that needs a student with a distillation token
 
 
 @functools.cache
@@ -46,18 +51,18 @@ def teacher() -> tuple[torch.nn.Module, object]:
 @pytest.mark.parametrize("method", list_methods())
 def test_training_step(benchmark, method):
     teacher_model, teacher_info = teacher()
-    spec = make_spec(dataset="mnist5k", student=STUDENT, method=method, teacher=TEACHER, epochs=1,
+    student = STUDENT_OF.get(method, STUDENT)
+    spec = make_spec(dataset="mnist5k", student=student, method=method, teacher=TEACHER, epochs=1,
                      batch_size=BATCH)
-    member = Member(spec, INFO, teacher_info, torch.device("cpu"))
+    member = Member(spec, INFO, teacher_info, torch.device("cpu"), train_labels=TRAIN_LABELS)
     if member.generations > 1:  # time a born-again generation: it runs the previous one as its teacher
         member.next_generation()
     g = torch.Generator().manual_seed(0)
     images = torch.randn(BATCH, CHANS, SIZE, SIZE, generator=g)
     labels = torch.randint(0, CLASSES, (BATCH,), generator=g)
     indices = torch.arange(BATCH)
-    stages = member.method.teacher_stages if member.uses_teacher else ()
     benchmark.extra_info.update({
-        "method": method, "student": STUDENT,
+        "method": method, "student": student,
         "teacher": TEACHER if member.uses_teacher else ("self" if spec.teacher_source == "self" else None),
         "batch_size": BATCH, "input_size": [CHANS, SIZE, SIZE], "num_classes": CLASSES,
         "threads": torch.get_num_threads(), "device": "cpu", "device_name": cpu_name(),
@@ -65,9 +70,13 @@ def test_training_step(benchmark, method):
         "timm_version": timm.__version__, "python_version": platform.python_version(),
     })
 
-    def step() -> None:
-        out = teacher_forward(teacher_model, images, stages, amp=False) if member.uses_teacher else None
-        member.train_step(images, labels, indices, out, epoch=0, iteration=0, iterations=10)
+    view_generator = torch.Generator().manual_seed(1)
+
+    def step() -> None:  # what the cohort loop does for one member: its views, the teacher pass, the step
+        views = {name: VIEW_AUGMENTATIONS.get(name)(images, INFO, view_generator)
+                 for name in member.method.extra_views}
+        out = teacher_outputs(teacher_model, images, views, [member], amp=False) if member.uses_teacher else None
+        member.train_step(images, labels, indices, out, epoch=0, iteration=0, iterations=10, views=views)
 
     benchmark.pedantic(step, rounds=10, warmup_rounds=2, iterations=1)
     assert member.stats.steps >= 1
