@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method
+from kdbench.distiller import Distiller, Step, register_method, tunable
 from kdbench.errors import ConfigError
 from kdbench.features import ModelInfo, pool_to_common_size, select_stages, shared_depths
 
@@ -62,7 +62,7 @@ class AttentionTransfer(Distiller):
             teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
         """
 
-        beta: float = 1000.0
+        beta: float = field(default=1000.0, metadata=tunable(100.0, 10000.0, log=True))
         ce_weight: float = 1.0
         p: float = 2.0
         depths: tuple[float, ...] | None = None

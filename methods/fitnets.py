@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method
-from kdbench.errors import ConfigError
+from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
 from kdbench.features import FeatureAdapter, ModelInfo, select_stage
-from kdbench.methods.kd import kd_loss
+from kdbench.losses import cross_entropy, kd_loss
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo
@@ -35,13 +34,17 @@ class FitNets(Distiller):
     Single-stage (``hint_epochs = 0``, the default), as in the CRD benchmark (Tian et al., 2020, whose code uses
     an MSE "hint" loss on feature index 2, the middle stage, with weights CE 1 and hint 100):
     loss = ce_weight * CE(z_s, y) + hint_weight * hint.
-    Two-stage (``hint_epochs > 0``), as in the paper: for the first ``hint_epochs`` epochs the loss is the hint
-    term alone (stage 1 trains the student up to the guided stage: later layers get no gradient from it); then
-    kd_ce_weight * CE + kd_weight * T² KL(p_t || p_s) at temperature T. The paper's stage 2 is KD with an
-    annealed soft-target weight; kdbench uses the fixed weights and temperature of its ``kd`` method (CRD
-    protocol: T = 4, CE 0.1, KD 0.9), so that two-stage FitNets differs from ``kd`` only by the hint epochs.
-    Both stages share the run's learning-rate schedule.
+    Two-stage (``hint_epochs > 0``), as in the paper: an initialisation phase of ``hint_epochs`` epochs trains
+    the student and the regressor on the hint term alone (stage 1: the student up to the guided stage; later
+    layers get no gradient from it), at the run's constant learning rate; then the main training, with its full
+    budget, uses kd_ce_weight * CE + kd_weight * T² KL(p_t || p_s) at temperature T. The paper's stage 2 is KD
+    with an annealed soft-target weight; kdbench uses the fixed weights and temperature of its ``kd`` method
+    (CRD protocol: T = 4, CE 0.1, KD 0.9), so that two-stage FitNets differs from ``kd`` only by the hint phase.
+
+    Version 2: the hint epochs are an initialisation phase before the full budget (version 1 took them out of it).
     """
+
+    version = 2
 
     @dataclass(frozen=True)
     class Params:
@@ -53,7 +56,8 @@ class FitNets(Distiller):
             teacher_stage: explicit index of the teacher's hint stage (negative: from the end); wins over depth.
             hint_weight: weight of the hint term.
             ce_weight: weight of the cross-entropy with the labels (single-stage).
-            hint_epochs: epochs of hint-only training before KD (0: the single-stage CRD protocol).
+            hint_epochs: epochs of the hint-only initialisation phase before KD (0: the single-stage CRD
+                protocol).
             temperature: KD temperature after the hint epochs (two-stage only).
             kd_ce_weight: cross-entropy weight after the hint epochs (two-stage only).
             kd_weight: soft-target weight after the hint epochs (two-stage only).
@@ -62,7 +66,7 @@ class FitNets(Distiller):
         hint_depth: float = 0.5
         student_stage: int | None = None
         teacher_stage: int | None = None
-        hint_weight: float = 100.0
+        hint_weight: float = field(default=100.0, metadata=tunable(10.0, 1000.0, log=True))
         ce_weight: float = 1.0
         hint_epochs: int = 0
         temperature: float = 4.0
@@ -77,8 +81,10 @@ class FitNets(Distiller):
             if self.temperature <= 0:
                 raise ValueError(f"temperature must be > 0 (got {self.temperature})")
 
-    def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo) -> None:
-        super().__init__(params, student, teacher, data)
+    def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
+                 context: RunContext | None = None) -> None:
+        super().__init__(params, student, teacher, data, context)
+        self.init_epochs = params.hint_epochs
         student.require_features(self.name)
         teacher.require_features(self.name)
         s = select_stage(student, params.hint_depth, params.student_stage, what=f"{self.name}.student_stage")
@@ -86,20 +92,20 @@ class FitNets(Distiller):
         self.student_stages, self.teacher_stages = (s,), (t,)
         self.regressor = FeatureAdapter(student.stages[s], teacher.stages[t], project=True)
 
-    def losses(self, step: Step) -> dict[str, Tensor]:
-        """Hint (+ CE) terms, or the KD terms once the hint epochs of the two-stage schedule are over."""
-        p = self.params
-        if p.hint_epochs and p.hint_epochs >= step.epochs:
-            raise ConfigError(f"{self.name}.hint_epochs ({p.hint_epochs}) must be smaller than the run's epochs "
-                              f"({step.epochs}), or 0 for single-stage training")
-        if p.hint_epochs and step.epoch >= p.hint_epochs:
-            return {
-                "loss_ce": p.kd_ce_weight * F.cross_entropy(step.student_logits, step.labels),
-                "loss_kd": p.kd_weight * kd_loss(step.student_logits.float(), step.teacher_logits.float(),
-                                                 p.temperature),
-            }
+    def _hint(self, step: Step) -> Tensor:
         (s,), (t,) = self.student_stages, self.teacher_stages
-        hint = p.hint_weight * hint_loss(self.regressor(step.student_features[s]), step.teacher_features[t])
+        return self.params.hint_weight * hint_loss(self.regressor(step.student_features[s]), step.teacher_features[t])
+
+    def init_losses(self, step: Step) -> dict[str, Tensor]:
+        """Stage 1 of the two-stage schedule: the hint term alone."""
+        return {"loss_hint": self._hint(step)}
+
+    def losses(self, step: Step) -> dict[str, Tensor]:
+        """Hint + CE terms (single-stage), or the KD terms after the hint phase (two-stage)."""
+        p = self.params
         if p.hint_epochs:
-            return {"loss_hint": hint}
-        return {"loss_ce": p.ce_weight * F.cross_entropy(step.student_logits, step.labels), "loss_hint": hint}
+            return {
+                "loss_ce": p.kd_ce_weight * cross_entropy(step.student_logits, step.labels),
+                "loss_kd": p.kd_weight * kd_loss(step.student_logits, step.teacher_logits, p.temperature),
+            }
+        return {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels), "loss_hint": self._hint(step)}

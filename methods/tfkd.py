@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method
+from kdbench.distiller import Distiller, Step, register_method, tunable
 
 
 def virtual_teacher(labels: Tensor, num_classes: int, correct_prob: float, temperature: float) -> Tensor:
@@ -55,9 +55,9 @@ class TeacherFreeKD(Distiller):
             multiplier: scale of the batch-mean KL term.
         """
 
-        correct_prob: float = 0.99
-        temperature: float = 20.0
-        alpha: float = 0.1
+        correct_prob: float = field(default=0.99, metadata=tunable(0.5, 0.99))
+        temperature: float = field(default=20.0, metadata=tunable(1.0, 40.0, log=True))
+        alpha: float = field(default=0.1, metadata=tunable(0.05, 0.95))
         multiplier: float = 1.0
 
         def __post_init__(self) -> None:

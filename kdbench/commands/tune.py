@@ -1,0 +1,179 @@
+"""``kdbench tune``: every method of a spec tuned with the same number of trials on the validation split.
+
+The spec (a sweep spec with a ``tune:`` section), the studies and the search are :mod:`kdbench.tune`; this module
+is the command: its flags, the plan in words (``--dry-run``) and the leaderboard of default and tuned rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kdbench.commands.common import add_execution_flags, add_store_flags, positive_int
+from kdbench.errors import ConfigError
+from kdbench.executors import EXECUTORS
+from kdbench.sweep import EXECUTION_DEFAULTS
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``tune`` subcommand to ``subparsers``; its handler is :func:`cmd_tune`."""
+    p = subparsers.add_parser(
+        "tune", help="tune every method of a spec with the same number of trials on the validation split; "
+                     "resumable",
+        description="For each pair and method of the spec, run the same number of trials (Optuna TPE over the "
+                    "method's declared search space plus lr and weight decay), each an ordinary run scored on the "
+                    "validation split; then train the best configuration (and the default one) with the spec's "
+                    "seeds and report both on test. SPEC is a sweep spec with a `tune:` section. Interrupt it at "
+                    "any moment and run the same command again to continue.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="tune spec: a YAML file (a sweep spec with a tune: section)")
+    p.add_argument("--trials", type=positive_int, metavar="N",
+                   help="trials per pair and method (default: the spec's tune.trials, else 12)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the studies, their search spaces, trials done and the runs still to train; "
+                        "train nothing")
+    p.add_argument("--executor", choices=EXECUTORS.names(), default="local",
+                   help="where each round of trials (and the final runs) trains: this process, or tasks on a Ray "
+                        "cluster (default: %(default)s)")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to connect to (as for kdbench sweep)")
+    p.add_argument("--num-cpus", type=float, metavar="N",
+                   help=f"CPUs per Ray task (default: the spec's, else {EXECUTION_DEFAULTS['num_cpus']:g})")
+    p.add_argument("--num-gpus", type=float, metavar="N",
+                   help=f"GPUs per Ray task (default: the spec's, else {EXECUTION_DEFAULTS['num_gpus']:g})")
+    add_store_flags(p, from_spec=True)
+    add_execution_flags(p, from_spec=True)
+    p.set_defaults(handler=cmd_tune)
+    return p
+
+
+def _setup(spec: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The execution options and settings (a flag wins over the spec, the spec over the defaults)."""
+    from kdbench.commands.sweep import execution_settings
+    from kdbench.engine import ExecOptions
+    from kdbench.env import resolve_device
+    from kdbench.executors import import_ray
+    from kdbench.sweep import check_sweep_data
+
+    settings = execution_settings(spec.sweep, args)
+    check_sweep_data(spec.sweep, settings["data_root"], settings["download"])
+    if args.executor == "ray":
+        import_ray()
+    else:
+        resolve_device(settings["device"])
+    options = ExecOptions(
+        results=args.results.expanduser().resolve(),
+        teacher_cache=args.teacher_cache.expanduser().resolve() if args.teacher_cache else None,
+        device=settings["device"], data_root=settings["data_root"], download=settings["download"],
+        cohort=settings["cohort"], max_cohort=settings["max_cohort"], retry_failed=args.retry_failed,
+        progress=not args.no_progress, compile=settings["compile"],
+    )
+    return options, settings
+
+
+def executor_batches(options: Any, executor: str, plugins: Any, settings: dict[str, Any], ray_address: str | None,
+                     note: Callable[[str], None]) -> Callable[[Sequence[Any]], None]:
+    """A function that trains a batch of runs with ``executor`` (the sweep's executors: local or Ray)."""
+    from kdbench.executors import RunBar, SweepJob
+    from kdbench.plan import make_plan
+
+    def run(specs: Sequence[Any]) -> None:
+        plan = make_plan(specs, options)
+        job = SweepJob(cohorts=plan.cohorts, options=options, plugins=plugins, num_cpus=settings["num_cpus"],
+                       num_gpus=settings["num_gpus"], ray_address=ray_address)
+        with RunBar(total=len(plan.pending), enabled=options.progress) as bar:
+            outcome = EXECUTORS.get(executor)().run(job, bar)
+        for problem in outcome.problems:
+            note(f"error: {problem}")
+
+    return run
+
+
+def describe_studies(plans: list[Any], results: Path) -> list[str]:
+    """The ``--dry-run`` report: per study its search space, trials used so far and what remains, and the cost."""
+    from kdbench.tune import load_summaries
+
+    done = {s["study"]: s for s in load_summaries(results)}
+    lines = []
+    total_trials = total_finals = 0
+    for plan in plans:
+        settings = plan.settings
+        summary = done.get(plan.name, {})
+        used = summary.get("trials_used", 0)
+        finals = len(plan.seeds) * (2 if settings.defaults else 1)
+        total_trials += max(0, settings.trials - used)
+        total_finals += finals
+        teacher = plan.pair.teacher or "none"
+        lines.append(f"{plan.name}: {plan.label} on {teacher} -> {plan.pair.student}: {used} of {settings.trials} "
+                     f"trials done; then {len(plan.seeds)} final seed{'s' * (len(plan.seeds) != 1)}"
+                     + (" (best and default configurations)" if settings.defaults else ""))
+        lines.append("  searches " + ", ".join(p.describe() for p in plan.space))
+    lines.insert(0, f"tune: {len(plans)} stud{'ies' if len(plans) != 1 else 'y'}; at most {total_trials} trial "
+                    f"runs and {total_finals} final runs still to train (runs already in the store are reused)")
+    return lines
+
+
+def _note(line: str) -> None:
+    print(f"kdbench: {line}", file=sys.stderr)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``kdbench tune``: check the spec, search every study, train the final runs, print the leaderboard."""
+    from kdbench.sweep import SpecError
+    from kdbench.tune import import_optuna, load_tune_spec, plan_studies, run_tune
+
+    import_optuna()
+    try:
+        spec = load_tune_spec(args.spec, extra_plugins=args.plugin, trials=args.trials)
+        options, settings = _setup(spec, args)  # checks the data first: its fingerprint enters the studies
+        plans = plan_studies(spec, settings["data_root"])
+    except SpecError as err:
+        for line in err.lines:
+            print(f"kdbench: error: {line}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print("\n".join(describe_studies(plans, options.results)))
+        return 0
+    if not plans:
+        raise ConfigError(f"{args.spec}: no study to run")
+    from kdbench.results import check_writable
+
+    check_writable(options.results)
+    batches = executor_batches(options, args.executor, spec.sweep.plugins, settings, args.ray_address, _note)
+    outcome = run_tune(plans, options, log=_note, execute_batch=batches)
+    for line in outcome.unfinished:
+        _note(f"not finished: {line}; run the same command again to continue")
+    return _print_leaderboard(outcome.summaries, options.results)
+
+
+def _print_leaderboard(summaries: list[dict[str, Any]], results: Path) -> int:
+    """Print the default and tuned rows of the studies and each study's best configuration.
+
+    Returns:
+        1 when a final run failed, else 0 (as for ``kdbench sweep``, trials or final runs still being trained by
+        another process are not a failure: run the command again after it).
+    """
+    from kdbench.report.console import console_leaderboard
+    from kdbench.report.tuning import with_tuning
+    from kdbench.results import read_record, records_frame
+
+    ids = [r for s in summaries for r in (s.get("default_run_ids") or []) + (s.get("final_run_ids") or [])]
+    records = [r for r in (read_record(results, run_id) for run_id in dict.fromkeys(ids)) if r is not None]
+    failed = sum(r.get("status") != "ok" for r in records)
+    if records:
+        print(console_leaderboard(with_tuning(records_frame(records), summaries)))
+    for s in summaries:
+        best = s.get("best") or {}
+        value = best.get("value")
+        print(f"{s['label']} on {s.get('teacher') or 'none'} -> {s['student']}: {s['trials_used']} of "
+              f"{s['trials_requested']} trials, best validation top-1 "
+              + (f"{value:.2f}%" if value is not None else "—") + f" with {_params(best.get('params'))}")
+    return 1 if failed else 0
+
+
+def _params(params: dict[str, Any] | None) -> str:
+    from kdbench.report.tuning import params_text
+
+    return params_text(params)
