@@ -114,7 +114,7 @@ def test_parse_set_overrides():
 
 def test_make_spec_resolves_defaults_and_normalises_teacher_free_runs():
     kd = make_spec(dataset="digits", student="s", method="kd", teacher="t", seed=0)
-    assert kd.method_params == {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+    assert kd.method_params == {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9, "standardize": False}
     assert kd.teacher == "t" and kd.teacher_source == "trained"
     ce1 = make_spec(dataset="digits", student="s", method="ce", teacher="t1", seed=0, teacher_epochs=9)
     ce2 = make_spec(dataset="digits", student="s", method="ce", teacher="t2", seed=0, teacher_epochs=3)

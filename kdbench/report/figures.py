@@ -352,10 +352,10 @@ def plot_delta_top1(frame: pd.DataFrame, baseline: str = "ce") -> Figure:
     ax.set_xticks(range(len(pairs)))
     ax.set_xticklabels([labels[p] for p in pairs], fontsize=6)
     ax.set_ylabel(f"Δ top-1 vs {baseline} (pp)")
-    if unsupported:
-        ax.set_title("pale bars: gaps the seeds do not support (paired 95% CI contains 0, or < 2 seeds)", fontsize=6)
     handles = [Patch(facecolor=method_colour(v.method, slots, baseline), hatch=hatch_of[v.method_label],
                      edgecolor="white", label=v.method_label) for v in variants]
+    if unsupported:  # pale bars: gaps whose paired 95% interval contains 0, or with fewer than 2 paired seeds
+        handles.append(Patch(facecolor="#888888", alpha=UNSUPPORTED_ALPHA, label="pale: not supported by the seeds"))
     figure.legend(handles=handles, loc="outside lower center", ncol=_legend_columns(len(handles), width))
     return figure
 
