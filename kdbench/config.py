@@ -7,9 +7,11 @@ lookup in the results store. *Where* it runs (device, data root, results folder)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -19,7 +21,16 @@ from typing import Any
 from kdbench.errors import ConfigError
 
 SCHEDULES = ("cosine", "multistep")
+OPTIMIZERS = ("sgd", "adamw")
+EVAL_SPLITS = ("test", "val")
 TEACHER_SOURCES = ("trained", "checkpoint", "pretrained", "none", "self")
+
+# Bumped whenever the harness changes what a run computes (training or evaluation semantics). It is part of every
+# run id, so records of an older protocol are trained again instead of being reused. History:
+#   1: the first release.
+#   2: method contract v2 (construction context, initialisation phase, parameter groups, extra views, per-member
+#      copies of the teacher's outputs), the optimiser as a run setting, test top-1 at the best validation epoch.
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -35,9 +46,9 @@ class RunSpec:
         seed: seed of the student's initialisation, the data order and augmentation, and the method's randomness.
         epochs: training epochs of the student.
         batch_size: training batch size.
-        lr: peak learning rate of SGD.
-        momentum: SGD momentum.
-        weight_decay: L2 weight decay of SGD.
+        lr: peak learning rate.
+        momentum: SGD momentum (unused by AdamW).
+        weight_decay: weight decay (L2 for SGD, decoupled for AdamW).
         schedule: ``cosine`` (per step, to zero) or ``multistep`` (x ``lr_decay`` at each of ``milestones``).
         milestones: epochs at which ``multistep`` decays the learning rate.
         lr_decay: the multistep decay factor.
@@ -45,6 +56,8 @@ class RunSpec:
         teacher_epochs: epochs a teacher trained by kdbench gets.
         teacher_lr: peak learning rate of a teacher trained by kdbench (its other optimiser settings are the
             student's); ``None`` where no teacher is trained.
+        teacher_weight_decay: weight decay of a teacher trained by kdbench (``None``: the student's), so that tuning
+            the student's weight decay leaves its teacher unchanged.
         teacher_seed: seed of the teacher's training; one teacher serves every student seed.
         teacher_source: ``trained`` (by kdbench, cached), ``checkpoint``, ``pretrained`` (timm weights), ``none``,
             or ``self`` (the method makes its own teachers from the student, as born-again networks do).
@@ -52,8 +65,17 @@ class RunSpec:
         val_fraction: share of the training split held out for validation (0: none, as the CIFAR protocol).
         image_size: side of the square inputs; ``None`` for the dataset's native size.
         data_options: dataset-specific options (e.g. the shape of ``synthetic``).
+        data_fingerprint: what the dataset's files are, for a dataset whose content its name does not fix
+            (``imagefolder``: a hash of its file list with sizes and modification times); ``None`` for datasets
+            fixed by their name (digits, mnist5k, CIFAR, synthetic). Part of the run id: other data, another run.
         amp: bf16 autocast for teacher and student.
         channels_last: channels-last memory format for teacher and student.
+        optimizer: ``sgd`` (with momentum; the CIFAR protocol) or ``adamw`` (as DeiT trains ViTs).
+        betas: AdamW's betas (unused by SGD).
+        eval_split: the split the record's accuracy is measured on: ``test`` (the reported figure), or ``val`` for
+            tuning trials, which then never read the test split.
+        method_version: the method's ``version`` when the spec was made (part of the run id).
+        protocol_version: the harness's :data:`PROTOCOL_VERSION` when the spec was made (part of the run id).
         teacher_ckpt: where the teacher checkpoint lies; not part of the run id (its sha256 is).
     """
 
@@ -64,7 +86,7 @@ class RunSpec:
     method_params: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     epochs: int = 5
-    batch_size: int = 64
+    batch_size: int = 128
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -74,18 +96,26 @@ class RunSpec:
     warmup_epochs: int = 0
     teacher_epochs: int = 5
     teacher_lr: float | None = None
+    teacher_weight_decay: float | None = None
     teacher_seed: int = 0
     teacher_source: str = "trained"
     teacher_ckpt_sha256: str | None = None
     val_fraction: float = 0.1
     image_size: int | None = None
     data_options: Mapping[str, Any] = field(default_factory=dict)
+    data_fingerprint: str | None = None
     amp: bool = False
     channels_last: bool = False
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eval_split: str = "test"
+    method_version: int = 1
+    protocol_version: int = PROTOCOL_VERSION
     teacher_ckpt: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         validate_budget(self)
+        validate_identity(self)
 
     @property
     def run_id(self) -> str:
@@ -98,11 +128,18 @@ class RunSpec:
         out["method_params"] = dict(self.method_params)
         out["data_options"] = dict(self.data_options)
         out["milestones"] = list(self.milestones)
+        out["betas"] = list(self.betas)
         return out
 
 
-def validate_budget(spec: RunSpec) -> None:
-    """Check the numbers of a spec; raise a one-line :class:`ConfigError` for the first problem."""
+def validate_budget(spec: Any) -> None:
+    """Check the training budget of a spec; raise a one-line :class:`ConfigError` for the first problem.
+
+    ``spec`` is a :class:`RunSpec`, or any dataclass with its budget fields (the budget part of a sweep spec, see
+    :mod:`kdbench.sweep`), which is checked as the budget of a run whose teacher kdbench trains.
+    """
+    check_finite(spec)
+    trains_teacher = getattr(spec, "teacher_source", "trained") == "trained"
     checks = [
         (spec.epochs > 0, f"epochs must be > 0 (got {spec.epochs})"),
         (spec.batch_size > 0, f"batch size must be > 0 (got {spec.batch_size})"),
@@ -115,11 +152,29 @@ def validate_budget(spec: RunSpec) -> None:
         (0 < spec.lr_decay <= 1, f"lr decay must be in (0, 1] (got {spec.lr_decay})"),
         (0 <= spec.warmup_epochs < spec.epochs or spec.warmup_epochs == 0,
          f"warmup epochs must be in [0, epochs) (got {spec.warmup_epochs})"),
-        (spec.teacher_epochs > 0 or spec.teacher_source != "trained",
+        (spec.teacher_epochs > 0 or not trains_teacher,
          f"teacher epochs must be > 0 (got {spec.teacher_epochs})"),
         (spec.teacher_lr is None or spec.teacher_lr > 0, f"teacher lr must be > 0 (got {spec.teacher_lr})"),
+        (spec.teacher_weight_decay is None or spec.teacher_weight_decay >= 0,
+         f"teacher weight decay must be >= 0 (got {spec.teacher_weight_decay})"),
         (0 <= spec.val_fraction < 1, f"val fraction must be in [0, 1) (got {spec.val_fraction})"),
         (spec.image_size is None or spec.image_size >= 4, f"image size must be >= 4 (got {spec.image_size})"),
+        (spec.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {spec.optimizer!r})"),
+        (len(spec.betas) == 2 and all(0 <= b < 1 for b in spec.betas),
+         f"betas must be two numbers in [0, 1) (got {list(spec.betas)})"),
+        (spec.eval_split in EVAL_SPLITS,
+         f"eval split must be one of {', '.join(EVAL_SPLITS)} (got {spec.eval_split!r})"),
+        (spec.eval_split != "val" or spec.val_fraction > 0,
+         "eval split 'val' needs a validation split (val fraction > 0)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def validate_identity(spec: RunSpec) -> None:
+    """Check the fields that say which run a spec is (its teacher); raise a one-line :class:`ConfigError`."""
+    checks = [
         (spec.teacher_source in TEACHER_SOURCES, f"unknown teacher source {spec.teacher_source!r}"),
         (spec.teacher is not None or spec.teacher_source in ("none", "self"),
          f"method {spec.method!r} needs a teacher; pass --teacher MODEL"),
@@ -129,6 +184,22 @@ def validate_budget(spec: RunSpec) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def check_finite(spec: Any) -> None:
+    """Every float of ``spec`` (its settings and its method's hyperparameters) must be finite: no NaN, no inf.
+
+    Raises:
+        ConfigError: the first non-finite value, named as the user wrote it (``lr``, ``kd.temperature``).
+    """
+    named: list[tuple[str, Any]] = [(f.name, getattr(spec, f.name)) for f in dataclasses.fields(spec)
+                                    if f.name not in ("method_params", "data_options")]
+    named += [(f"{spec.method}.{k}", v) for k, v in getattr(spec, "method_params", {}).items()]
+    named += [(f"data option {k}", v) for k, v in spec.data_options.items()]
+    for name, value in named:
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{name} must be a finite number (got {value!r})")
 
 
 NOT_HASHED = ("teacher_ckpt",)
@@ -150,7 +221,9 @@ def cohort_key(spec: RunSpec) -> tuple[Any, ...]:
     teacher = None
     if spec.teacher_source in ("trained", "checkpoint", "pretrained"):
         teacher = (spec.teacher, spec.teacher_source, spec.teacher_ckpt_sha256, spec.teacher_epochs,
-                   spec.teacher_seed, spec.teacher_lr, spec.momentum, spec.weight_decay, spec.schedule, spec.milestones,
+                   spec.teacher_seed, spec.teacher_lr, spec.optimizer, spec.betas, spec.momentum,
+                   spec.weight_decay if spec.teacher_weight_decay is None else spec.teacher_weight_decay,
+                   spec.schedule, spec.milestones,
                    spec.lr_decay, spec.warmup_epochs)
     data = (spec.dataset, spec.val_fraction, spec.image_size, json.dumps(dict(spec.data_options), sort_keys=True),
             spec.seed, spec.batch_size, spec.epochs, spec.amp, spec.channels_last)
@@ -216,16 +289,17 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
                 pass
         raise ConfigError(f"{where} must be an integer (got {value!r})")
     if tp is float:
-        if isinstance(value, bool):
+        number = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
             raise ConfigError(f"{where} must be a number (got {value!r})")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number (got {value!r})")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where} must be a finite number (got {value!r})")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -237,6 +311,20 @@ def dataclass_field_types(cls: type) -> dict[str, Any]:
     """Resolved type hints of a dataclass's fields (string annotations evaluated)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def dataclass_defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of a dataclass that has one (default factories are called).
+
+    The command line and the sweep spec read their defaults here, so that the dataclass is their one source.
+    """
+    out: dict[str, Any] = {}
+    for spec_field in dataclasses.fields(cls):
+        if spec_field.default is not dataclasses.MISSING:
+            out[spec_field.name] = spec_field.default
+        elif spec_field.default_factory is not dataclasses.MISSING:
+            out[spec_field.name] = spec_field.default_factory()
+    return out
 
 
 def build_params(params_cls: type, overrides: Mapping[str, Any], owner: str) -> Any:

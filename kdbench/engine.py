@@ -21,14 +21,17 @@ from typing import IO, Any
 import torch
 from tqdm.auto import tqdm
 
+from kdbench import distributed, measure
 from kdbench.config import RunSpec
-from kdbench.data import DataConfig, Splits, load_dataset
+from kdbench.data import DATA_ROOT_ENV, DataConfig, Splits, dataset_fingerprint, load_dataset
 from kdbench.env import environment, resolve_device
+from kdbench.errors import DataError
 from kdbench.models import count_params_m
-from kdbench.plan import plan_cohorts
+from kdbench.plan import make_plan
 from kdbench.results import read_record, write_record
 from kdbench.teachers import Teacher, prepare_teacher
-from kdbench.training import Member, classification_metrics, predict, train_members
+from kdbench.trackers import attach_trackers, finish_trackers
+from kdbench.training import Member, classification_metrics, predict, top1, train_members
 
 CLAIMS_DIR = "claims"
 
@@ -49,6 +52,11 @@ class ExecOptions:
         progress: show progress bars.
         measure: measure the student's efficiency (params, MACs, latency, throughput) into each record.
         log: where one-line notes and per-run summaries go.
+        trackers: experiment trackers that receive each run's per-epoch history (``tensorboard``, ``mlflow``,
+            ``wandb``; see :mod:`kdbench.trackers`).
+        compile: run the training forward passes of students and teacher under ``torch.compile``. Like the
+            device, it changes how a run executes, not what it computes, so it is not part of the run id; each
+            record states it (``compile``).
     """
 
     results: Path = Path("results")
@@ -62,6 +70,8 @@ class ExecOptions:
     progress: bool = True
     measure: bool = True
     log: Callable[[str], None] = field(default=lambda line: tqdm.write(line, file=sys.stderr))
+    trackers: tuple[str, ...] = ()
+    compile: bool = False
 
     @property
     def teacher_dir(self) -> Path:
@@ -69,45 +79,19 @@ class ExecOptions:
         return Path(self.teacher_cache) if self.teacher_cache else Path(self.results) / "teachers"
 
 
-@dataclass
-class Plan:
-    """What ``execute`` would do: runs to train (in cohorts), runs already done, runs skipped as failed."""
-
-    cohorts: list[list[RunSpec]]
-    done: list[RunSpec]
-    failed: list[RunSpec]
-
-    @property
-    def pending(self) -> list[RunSpec]:
-        """The runs that would train."""
-        return [spec for cohort in self.cohorts for spec in cohort]
-
-
-def make_plan(specs: Sequence[RunSpec], options: ExecOptions) -> Plan:
-    """Split ``specs`` into done, failed (kept unless ``retry_failed``) and pending cohorts."""
-    unique = list({spec.run_id: spec for spec in specs}.values())
-    done, failed, pending = [], [], []
-    for spec in unique:
-        record = read_record(options.results, spec.run_id)
-        if record is not None and record.get("status") == "ok":
-            done.append(spec)
-        elif record is not None and not options.retry_failed:
-            failed.append(spec)
-        else:
-            pending.append(spec)
-    cohorts = plan_cohorts(pending, cohort=options.cohort, max_size=options.max_cohort)
-    return Plan(cohorts=cohorts, done=done, failed=failed)
-
-
 def execute(specs: Sequence[RunSpec], options: ExecOptions) -> list[dict[str, Any]]:
     """Train every run of ``specs`` that is not done yet and return the records of all of them, in order.
 
     Records of finished runs are read from the store, so the return value is the whole picture either way.
+    Launched by torchrun, every process calls it: rank 0 plans, and each cohort trains across all of them (see
+    :mod:`kdbench.distributed`).
     """
-    plan = make_plan(specs, options)
     device = resolve_device(options.device)
-    for number, cohort in enumerate(plan.cohorts, 1):
-        run_cohort(cohort, options, device, label=f"[{number}/{len(plan.cohorts)}]")
+    _, device = distributed.setup(device)
+    cohorts = distributed.broadcast(make_plan(specs, options).cohorts if distributed.is_main() else None)
+    for number, cohort in enumerate(cohorts, 1):
+        run_cohort(cohort, options, device, label=f"[{number}/{len(cohorts)}]")
+    distributed.barrier()  # the last records are written before any rank reads them
     records = [read_record(options.results, spec.run_id) for spec in specs]
     return [r for r in records if r is not None]
 
@@ -161,49 +145,96 @@ def progress_bars(enabled: bool) -> Callable[[int, str], contextlib.AbstractCont
 
 
 def load_splits(spec: RunSpec, options: ExecOptions, device: torch.device) -> Splits:
-    """The dataset of ``spec`` on ``device``."""
-    return load_dataset(DataConfig(name=spec.dataset, root=options.data_root, download=options.download,
-                                   val_fraction=spec.val_fraction, image_size=spec.image_size, device=str(device),
-                                   options=dict(spec.data_options)))
+    """The dataset of ``spec`` on ``device``.
+
+    Raises:
+        DataError: the data on disk is not the data the run was planned on (its fingerprint differs).
+    """
+    config = DataConfig(name=spec.dataset, root=options.data_root, download=options.download,
+                        val_fraction=spec.val_fraction, image_size=spec.image_size, device=str(device),
+                        options=dict(spec.data_options))
+    if spec.data_fingerprint is not None and dataset_fingerprint(config, cached=False) != spec.data_fingerprint:
+        raise DataError(f"the {spec.dataset} data under {config.root or '$' + DATA_ROOT_ENV} is not the data the runs "
+                        "were planned on (its files changed); run the command again to plan them anew")
+    return load_dataset(config)
+
+
+@contextlib.contextmanager
+def claimed_by_rank0(results: Path, specs: Sequence[RunSpec], retry_failed: bool) -> Iterator[list[RunSpec]]:
+    """:func:`claimed` in rank 0 alone, whose runs every rank then trains (plain :func:`claimed` without torchrun)."""
+    if distributed.world().size == 1:
+        with claimed(results, specs, retry_failed) as mine:
+            yield mine
+    elif distributed.is_main():
+        with claimed(results, specs, retry_failed) as mine:
+            distributed.broadcast([spec.run_id for spec in mine])
+            yield mine
+    else:
+        ids = set(distributed.broadcast(None))
+        yield [spec for spec in specs if spec.run_id in ids]
 
 
 def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.device, label: str = "") -> None:
-    """Claim, train, evaluate, measure and record one cohort of runs."""
-    with claimed(Path(options.results), specs, options.retry_failed) as mine:
+    """Claim, train, evaluate, measure and record one cohort of runs.
+
+    Under torchrun every rank calls it: rank 0 claims the runs, prepares (trains) a missing teacher while the others
+    wait, and writes the records; the training and the evaluation are shared by all ranks.
+    """
+    main = distributed.is_main()
+    with claimed_by_rank0(Path(options.results), specs, options.retry_failed) as mine:
         if not mine:
             return
         splits = load_splits(mine[0], options, device)
-        bar = progress_bars(options.progress)
+        bar = progress_bars(options.progress and main)
         teacher: Teacher | None = None
         users = [s for s in mine if s.teacher is not None and s.teacher_source != "self"]
         teacher_costs: dict[str, Any] = {}
         if users:
-            teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar, log=options.log)
+            if main:
+                teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar,
+                                          log=options.log)
+            distributed.barrier()  # the others read the teacher rank 0 cached
+            if not main:
+                teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar,
+                                          log=lambda _: None)
             if options.measure:
                 teacher_costs = _teacher_costs(teacher, splits)
         members = []
         for spec in mine:
             try:
                 members.append(Member(spec, splits.info, teacher.info if teacher else None, device,
-                                      teacher_top1=teacher.top1 if teacher else None))
+                                      teacher_top1=teacher.top1_on(spec.eval_split) if teacher else None,
+                                      train_labels=splits.labels("train")))
             except Exception as err:  # noqa: BLE001 - a run that cannot start is recorded as failed
-                _write_failed(spec, options, device, err, cohort_size=len(mine))
+                if main:
+                    _write_failed(spec, options, device, err, cohort_size=len(mine), splits=splits)
         if not members:
             return
+        if options.compile:
+            for member in members:
+                member.compile()
+        trackers = {m.spec.run_id: attach_trackers(options.trackers if main else (), m, options.results, options.log)
+                    for m in members}
         cohort_id = members[0].spec.run_id
         names = ", ".join(m.label for m in members)
-        total = members[0].generations * members[0].spec.epochs * splits.num_batches("train", mine[0].batch_size)
+        steps = splits.num_batches("train", mine[0].batch_size)
+        epochs = members[0].spec.epochs + sum(m.method.init_epochs for m in members)
+        total = members[0].generations * epochs * steps
         pair = f"{teacher.name if teacher else '-'} -> {', '.join(sorted({m.spec.student for m in members}))}"
         started = time.perf_counter()
-        with bar(total, f"{label} {pair} [{names}]".strip()) as update:
+        with bar(total, f"{label} {pair} [{names}]".strip()) as update, distributed.collective():
             train_members(members, splits, teacher.model if teacher else None, progress=update)
         wall = time.perf_counter() - started
         for member in members:
-            record = _record(member, splits, teacher, options, device, cohort_id=cohort_id,
-                             cohort_size=len(members), cohort_wall_s=wall)
+            with distributed.collective():  # every rank evaluates its share
+                record = _record(member, splits, teacher, options, device, cohort_id=cohort_id,
+                                 cohort_size=len(members), cohort_wall_s=wall)
+            if not main:
+                continue
             if member.uses_teacher:
                 record.update(teacher_costs)
             write_record(options.results, record)
+            finish_trackers(trackers[member.spec.run_id], record, options.log)
             options.log(_summary(record))
 
 
@@ -222,7 +253,6 @@ def _base_record(spec: RunSpec, device: torch.device) -> dict[str, Any]:
         "run_id": spec.run_id,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **spec.as_dict(),
-        "eval_split": "test",
         "selection": "last_epoch",
     }
     record.update(environment(device))
@@ -230,10 +260,21 @@ def _base_record(spec: RunSpec, device: torch.device) -> dict[str, Any]:
 
 
 def _write_failed(spec: RunSpec, options: ExecOptions, device: torch.device, err: BaseException,
-                  cohort_size: int) -> None:
+                  cohort_size: int, splits: Splits) -> None:
+    """Record a run that could not start, with the full spec (the data's shape, its label) like any record."""
+    from kdbench.config import build_params, method_label
+    from kdbench.distiller import get_method
+
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     record = _base_record(spec, device)
-    record.update(status="failed", error=text, method_label=spec.method, history=[], cohort_size=cohort_size)
+    try:
+        cls = get_method(spec.method)
+        label = method_label(spec.method, build_params(cls.Params, spec.method_params, spec.method), cls.Params)
+    except Exception:  # noqa: BLE001 - the method itself may be what cannot be found or built
+        label = spec.method
+    record.update(status="failed", error=text, history=[], cohort_size=cohort_size, method_label=label,
+                  num_classes=splits.info.num_classes, in_chans=splits.info.in_chans,
+                  image_size=splits.info.image_size)
     write_record(options.results, record)
     options.log(_summary(record))
 
@@ -255,6 +296,7 @@ def _record(member: Member, splits: Splits, teacher: Teacher | None, options: Ex
         teacher_top1=member.teacher_top1,
         params_m=count_params_m(member.student),
         extra_params_m=member.extra_params_m,
+        extra_buffers_m=member.extra_buffers_m,
         train_time_s=train_time,
         train_samples_per_s=member.samples / train_time if train_time > 0 else None,
         teacher_time_s=member.teacher_time_s if member.uses_teacher else None,
@@ -263,39 +305,50 @@ def _record(member: Member, splits: Splits, teacher: Teacher | None, options: Ex
         cohort_id=cohort_id,
         cohort_size=cohort_size,
         cohort_wall_s=cohort_wall_s,
+        compile=options.compile,
+        world_size=distributed.world().size,
         history=member.history,
     )
     if spec.teacher_source == "checkpoint":
         record["teacher_ckpt_sha256"] = spec.teacher_ckpt_sha256
     vals = [h["val_top1"] for h in member.history if h.get("val_top1") is not None]
     record["val_top1"] = vals[-1] if vals else None
-    if vals:
-        best = max(range(len(vals)), key=vals.__getitem__)
-        record["best_val_top1"], record["best_val_epoch"] = vals[best], best + 1
-    else:
-        record["best_val_top1"] = record["best_val_epoch"] = None
+    record["best_val_top1"], record["best_val_epoch"] = member.best_val, member.best_val_epoch
+    record["test_top1_at_best_val"] = None
     if member.generation_top1:
         record["generation_top1"] = member.generation_top1
     if record["status"] != "ok":
         return record
     eval_batch = max(256, spec.batch_size)
-    pred = predict(member.student, splits, "test", eval_batch, amp=spec.amp, channels_last=spec.channels_last,
+    pred = predict(member.student, splits, spec.eval_split, eval_batch, amp=spec.amp, channels_last=spec.channels_last,
                    method=member.method)
-    teacher_logits = teacher.test_logits if (teacher and member.uses_teacher) else None
+    teacher_logits = teacher.logits(spec.eval_split) if (teacher and member.uses_teacher) else None
     record.update(classification_metrics(pred, teacher_logits))
+    if spec.eval_split == "test" and member.best_state is not None:
+        record["test_top1_at_best_val"] = _top1_at_best_val(member, splits, eval_batch)
     if pred.extra:
         labels = pred.labels
         record["exit_top1"] = {name: float((logits.argmax(1) == labels).float().mean() * 100)
                                for name, logits in pred.extra.items()}
-    if options.measure:
+    if options.measure and distributed.is_main():
         record.update(_efficiency(member, splits, options, device))
     return record
 
 
+def _top1_at_best_val(member: Member, splits: Splits, batch_size: int) -> float:
+    """Test top-1 of the student's weights at its best validation epoch (selected on val, never on test)."""
+    spec = member.spec
+    last = {k: v.detach().clone() for k, v in member.student.state_dict().items()}
+    member.student.load_state_dict(member.best_state)
+    try:
+        pred = predict(member.student, splits, "test", batch_size, amp=spec.amp, channels_last=spec.channels_last)
+    finally:
+        member.student.load_state_dict(last)
+    return top1(pred.logits, pred.labels)
+
+
 def _teacher_costs(teacher: Teacher, splits: Splits) -> dict[str, Any]:
     """The teacher's size and MACs, so that reports can place it beside its students."""
-    from kdbench import measure
-
     info = splits.info
     _, gmacs = measure.count_flops(teacher.model, (info.in_chans, info.image_size, info.image_size))
     return {"teacher_params_m": count_params_m(teacher.model), "teacher_gmacs": gmacs}
@@ -303,8 +356,6 @@ def _teacher_costs(teacher: Teacher, splits: Splits) -> dict[str, Any]:
 
 def _efficiency(member: Member, splits: Splits, options: ExecOptions, device: torch.device) -> dict[str, Any]:
     """Params, MACs and inference speed of the deployed student, measured once per architecture and store."""
-    from kdbench import measure
-
     spec, info = member.spec, splits.info
     input_size = (info.in_chans, info.image_size, info.image_size)
     key = measure.efficiency_key(spec.student, input_size, info.num_classes, device=device, amp=spec.amp,

@@ -2,7 +2,8 @@
 
 ``make_spec`` resolves a method's hyperparameters (defaults plus type-checked overrides) and normalises the teacher
 fields: a method that uses no separate teacher gets ``teacher=None`` and no teacher budget, so one ``ce`` run
-serves every pair with that student. ``plan_cohorts`` groups runs that can share a data stream and a teacher pass.
+serves every pair with that student. ``plan_cohorts`` groups runs that can share a data stream and a teacher pass,
+and ``make_plan`` splits runs into those a results store holds (done, failed) and cohorts still to train.
 """
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdbench.config import RunSpec, build_params, cohort_key, params_dict
 from kdbench.distiller import get_method
 from kdbench.errors import ConfigError
 from kdbench.models import check_model_name
+from kdbench.results import read_record
+from kdbench.teachers import file_sha256
+
+if TYPE_CHECKING:  # for annotations only: the engine imports this module
+    from kdbench.engine import ExecOptions
 
 
 @functools.cache
 def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
-    from kdbench.teachers import file_sha256
-
     return file_sha256(Path(path))
 
 
@@ -48,9 +53,10 @@ def make_spec(
     method_overrides: Mapping[str, Any] | None = None,
     teacher_ckpt: str | None = None,
     teacher_pretrained: bool = False,
+    data_root: str | None = None,
     **budget: Any,
 ) -> RunSpec:
-    """Build one :class:`RunSpec` with resolved hyperparameters and normalised teacher fields.
+    """Build one :class:`RunSpec` with resolved hyperparameters, normalised teacher fields and the data's fingerprint.
 
     Args:
         dataset: registered dataset name.
@@ -60,14 +66,22 @@ def make_spec(
         method_overrides: hyperparameter name -> value, type-checked against the method's ``Params``.
         teacher_ckpt: load the teacher from this checkpoint instead of training it.
         teacher_pretrained: use timm's pretrained weights for the teacher.
+        data_root: where a dataset read from disk lies (else ``$KDBENCH_DATA``): its files' fingerprint enters the
+            spec (``data_fingerprint``), so other data under the same name is another run.
         **budget: the remaining :class:`RunSpec` fields (seed, epochs, batch_size, lr, ...).
 
     Raises:
         ConfigError: unknown method or parameter, a wrong type, a missing teacher or checkpoint.
+        DataError: a dataset read from disk cannot be found or read.
     """
+    from kdbench.data import DataConfig, dataset_fingerprint
+
     cls = get_method(method)
     params = params_dict(build_params(cls.Params, dict(method_overrides or {}), method))
     fields: dict[str, Any] = dict(budget)
+    fields["data_fingerprint"] = dataset_fingerprint(
+        DataConfig(name=dataset, root=data_root, options=dict(fields.get("data_options") or {})))
+    fields["method_version"] = int(cls.version)
     if cls.needs_teacher:
         if teacher is None:
             raise ConfigError(f"method {method!r} needs a teacher; pass --teacher MODEL")
@@ -83,12 +97,15 @@ def make_spec(
         if fields["teacher_source"] == "trained":  # a teacher trained at the student's lr unless told otherwise
             if fields.get("teacher_lr") is None:
                 fields["teacher_lr"] = fields.get("lr", RunSpec.__dataclass_fields__["lr"].default)
+            if fields.get("teacher_weight_decay") is None:
+                fields["teacher_weight_decay"] = fields.get("weight_decay",
+                                                            RunSpec.__dataclass_fields__["weight_decay"].default)
         else:  # the teacher's training budget does not apply
-            fields.update(teacher_epochs=0, teacher_seed=0, teacher_lr=None)
+            fields.update(teacher_epochs=0, teacher_seed=0, teacher_lr=None, teacher_weight_decay=None)
     else:
         teacher = None
         fields.update(teacher_source=cls.teacher_source or "none", teacher_epochs=0, teacher_seed=0,
-                      teacher_lr=None, teacher_ckpt=None, teacher_ckpt_sha256=None)
+                      teacher_lr=None, teacher_weight_decay=None, teacher_ckpt=None, teacher_ckpt_sha256=None)
     return RunSpec(dataset=dataset, student=student, method=method, teacher=teacher, method_params=params, **fields)
 
 
@@ -166,3 +183,33 @@ def plan_cohorts(specs: Iterable[RunSpec], *, cohort: bool = True, max_size: int
         for members in keyed:
             cohorts.extend(members[i:i + max_size] for i in range(0, len(members), max_size))
     return cohorts + solo
+
+
+@dataclass
+class Plan:
+    """What ``execute`` would do: runs to train (in cohorts), runs already done, runs skipped as failed."""
+
+    cohorts: list[list[RunSpec]]
+    done: list[RunSpec]
+    failed: list[RunSpec]
+
+    @property
+    def pending(self) -> list[RunSpec]:
+        """The runs that would train."""
+        return [spec for cohort in self.cohorts for spec in cohort]
+
+
+def make_plan(specs: Sequence[RunSpec], options: ExecOptions) -> Plan:
+    """Split ``specs`` into done, failed (kept unless ``retry_failed``) and pending cohorts."""
+    unique = list({spec.run_id: spec for spec in specs}.values())
+    done, failed, pending = [], [], []
+    for spec in unique:
+        record = read_record(options.results, spec.run_id)
+        if record is not None and record.get("status") == "ok":
+            done.append(spec)
+        elif record is not None and not options.retry_failed:
+            failed.append(spec)
+        else:
+            pending.append(spec)
+    cohorts = plan_cohorts(pending, cohort=options.cohort, max_size=options.max_cohort)
+    return Plan(cohorts=cohorts, done=done, failed=failed)

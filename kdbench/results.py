@@ -3,23 +3,34 @@
 Records are written atomically (temporary file in the same folder, ``fsync``, ``os.replace``), so a crash at any
 moment leaves either the complete old state or the complete new record, never half a file. Several processes may
 write one store at once: each run has its own file and ``os.replace`` is atomic on POSIX file systems.
+
+Nothing read from the store is trusted: every record is checked against the record contract
+(:func:`record_problem`) as it is read. A record that fails (not JSON, not an object, a wrong type, an ``ok``
+record without its figures) counts as not done: it is moved aside to ``<results>/corrupt/`` (never overwritten
+silently), one warning line names it, and its run is trained again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from kdbench.errors import DataError
+
 RUNS_DIR = "runs"
+CORRUPT_DIR = "corrupt"
 RECORD_SUFFIX = ".json"
+STATUSES = ("ok", "failed")
 
 
 def runs_dir(results: str | os.PathLike[str]) -> Path:
@@ -80,30 +91,203 @@ def write_record(results: str | os.PathLike[str], record: Mapping[str, Any]) -> 
     return path
 
 
-def read_record(results: str | os.PathLike[str], run_id: str) -> dict[str, Any] | None:
-    """The record of ``run_id``, or ``None`` if there is none (or it is not valid JSON)."""
-    path = record_path(results, run_id)
+# ---------------------------------------------------------------------------------------------------------------
+# The record contract, checked on every read
+
+_NUMBER = "a number"
+_INTEGER = "an integer"
+_TEXT = "a string"
+_OBJECT = "an object"
+_LIST = "a list"
+# Fields every record has, and their types.
+REQUIRED_FIELDS = {"run_id": _TEXT, "status": _TEXT, "dataset": _TEXT, "student": _TEXT, "method": _TEXT,
+                   "seed": _INTEGER, "method_params": _OBJECT}
+# Fields an ``ok`` record has besides: its figures.
+REQUIRED_OK_FIELDS = {"top1": _NUMBER, "history": _LIST}
+# Fields that may be absent or null, but when present have this type (what reports compute with).
+OPTIONAL_FIELDS = {
+    "error": _TEXT, "teacher": _TEXT, "method_label": _TEXT, "teacher_source": _TEXT, "created_at": _TEXT,
+    "epochs": _INTEGER, "batch_size": _INTEGER, "teacher_epochs": _INTEGER, "teacher_seed": _INTEGER,
+    "image_size": _INTEGER, "num_classes": _INTEGER, "cohort_size": _INTEGER,
+    "lr": _NUMBER, "top5": _NUMBER, "nll": _NUMBER, "ece": _NUMBER, "agreement": _NUMBER, "teacher_top1": _NUMBER,
+    "val_top1": _NUMBER, "best_val_top1": _NUMBER, "params_m": _NUMBER, "extra_params_m": _NUMBER,
+    "gmacs": _NUMBER, "gflops": _NUMBER, "cpu_latency_ms_bs1": _NUMBER, "cpu_samples_per_s": _NUMBER,
+    "gpu_latency_ms_bs1": _NUMBER, "gpu_samples_per_s": _NUMBER, "train_time_s": _NUMBER,
+    "train_samples_per_s": _NUMBER, "data_options": _OBJECT,
+}
+
+
+def _type_problem(value: Any, kind: str) -> str | None:
+    """How ``value`` is not of the contract type ``kind`` (bools are not numbers; numbers are finite), or ``None``."""
+    if kind == _TEXT:
+        wrong = not isinstance(value, str)
+    elif kind == _OBJECT:
+        wrong = not isinstance(value, dict)
+    elif kind == _LIST:
+        wrong = not isinstance(value, list)
+    else:
+        wrong = isinstance(value, bool) or not isinstance(value, int | float) or (
+            kind == _INTEGER and not isinstance(value, int))
+        if not wrong and not math.isfinite(value):
+            return "not finite"
+    return f"{_json_kind(value)}, not {kind}" if wrong else None
+
+
+def _json_kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def record_problem(record: Any, run_id: str | None = None) -> str | None:
+    """What makes ``record`` break the run-record contract (one short phrase), or ``None`` if it is valid.
+
+    Every record is a JSON object with the identity and spec fields of :data:`REQUIRED_FIELDS`; an ``ok`` record
+    also has its figures (:data:`REQUIRED_OK_FIELDS`); the fields of :data:`OPTIONAL_FIELDS` are null or of their
+    type. ``run_id``, when given (the record's file name), must be the record's own.
+    """
+    if not isinstance(record, dict):
+        return f"it is {_json_kind(record)}, not a JSON object"
+    if record.get("status") not in STATUSES and "status" in record:
+        return f"its status is {record['status']!r}, not one of {', '.join(STATUSES)}"
+    required = dict(REQUIRED_FIELDS)
+    if record.get("status") == "ok":
+        required.update(REQUIRED_OK_FIELDS)
+    for name, kind in required.items():
+        if name not in record or record[name] is None:
+            return f"it has no {name}" + (" (an ok record without its figures)" if name in REQUIRED_OK_FIELDS else "")
+        if (wrong := _type_problem(record[name], kind)) is not None:
+            return f"its {name} is {wrong}"
+    for name, kind in OPTIONAL_FIELDS.items():
+        if record.get(name) is not None and (wrong := _type_problem(record[name], kind)) is not None:
+            return f"its {name} is {wrong}"
+    if run_id is not None and record["run_id"] != run_id:
+        return f"its run_id {record['run_id']!r} is not its file name's"
+    return None
+
+
+_warned: set[str] = set()
+
+
+def _warn(line: str) -> None:
+    """One kdbench warning line on stderr, printed once per process (progress bars stay intact)."""
+    if line in _warned:
+        return
+    _warned.add(line)
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"kdbench: warning: {line}", file=sys.stderr)
+
+
+def _set_aside(path: Path, data: bytes, problem: str) -> None:
+    """Move the invalid record at ``path`` to ``<results>/corrupt/`` and say so in one line.
+
+    If another process replaced the file meanwhile with a valid record, that record is put back.
+    """
+    store = path.parent.parent
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = store / CORRUPT_DIR / f"{path.stem}.{stamp}{path.suffix}"
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = store / CORRUPT_DIR / f"{path.stem}.{stamp}-{counter}{path.suffix}"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, target)
+    except FileNotFoundError:
+        return  # another reader moved it first, and said so
+    except OSError as err:
+        _warn(f"ignoring invalid run record {path}: {problem}; its run counts as not done (could not move it "
+              f"aside: {err.strerror or err})")
+        return
+    moved = target.read_bytes()
+    if moved != data and _parse(moved, path.stem)[1] is None:  # a valid record written since we read the file
+        with contextlib.suppress(OSError):
+            os.link(target, path)  # put it back unless yet another record took its place
+            target.unlink()
+        return
+    _warn(f"invalid run record {path}: {problem}; moved it to {target}; its run counts as not done")
+
+
+def _parse(data: bytes, run_id: str) -> tuple[Any, str | None]:
+    """The decoded record and its contract problem (``None`` when valid)."""
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, "it is not valid JSON"
+    return record, record_problem(record, run_id)
+
+
+def _read_path(path: Path) -> dict[str, Any] | None:
+    """The valid record at ``path``; ``None`` if there is none or it is invalid (then it is set aside).
+
+    Raises:
+        DataError: the path is a folder, the store is not a folder, or the file cannot be read.
+    """
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        warnings.warn(f"ignoring unreadable record {path}", stacklevel=2)
+    except IsADirectoryError:
+        raise DataError(f"run record {path} is a folder, not a file; move it out of the results store") from None
+    except NotADirectoryError:
+        raise DataError(f"the results store {path.parent.parent} is not a folder (is --results a file?)") from None
+    except OSError as err:
+        raise DataError(f"cannot read run record {path}: {err.strerror or err}") from None
+    record, problem = _parse(data, path.stem)
+    if problem is not None:
+        _set_aside(path, data, problem)
         return None
+    return record
+
+
+def read_record(results: str | os.PathLike[str], run_id: str) -> dict[str, Any] | None:
+    """The record of ``run_id``; ``None`` if there is none, or it breaks the record contract.
+
+    An invalid record is moved aside to ``<results>/corrupt/`` with one warning line, so its run counts as not
+    done and is trained again.
+
+    Raises:
+        DataError: the record path is a folder, the store is not a folder, or the record cannot be read.
+    """
+    return _read_path(record_path(results, run_id))
 
 
 def iter_records(results: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every readable record in the store, in run-id order. Temporary files of writes in flight are skipped."""
+    """Every valid record in the store, in run-id order (invalid ones are set aside, as by :func:`read_record`).
+
+    Temporary files of writes in flight are skipped.
+    """
     folder = runs_dir(results)
     if not folder.is_dir():
         return
     for path in sorted(folder.glob(f"*{RECORD_SUFFIX}")):
         if path.name.startswith("."):
             continue
+        record = _read_path(path)
+        if record is not None:
+            yield record
+
+
+def check_writable(results: str | os.PathLike[str]) -> None:
+    """Check that runs can be recorded in the store at ``results`` (creating its folders), before any training.
+
+    Raises:
+        DataError: ``results`` is a file, or the store cannot be written.
+    """
+    store = Path(results)
+    if store.exists() and not store.is_dir():
+        raise DataError(f"--results {store} is a file, not a folder; give the folder of a results store")
+    for folder in (runs_dir(store), store / "claims"):
         try:
-            yield json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError):
-            warnings.warn(f"ignoring unreadable record {path}", stacklevel=2)
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except NotADirectoryError:
+            raise DataError(f"cannot write the results store {store}: {folder} is not a folder") from None
+        except OSError as err:
+            raise DataError(f"cannot write the results store {store} ({folder}: {err.strerror or err}); "
+                            "give a writable --results folder") from None
 
 
 def run_statuses(results: str | os.PathLike[str]) -> dict[str, str]:

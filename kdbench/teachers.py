@@ -15,8 +15,10 @@ import fcntl
 import hashlib
 import io
 import json
+import pickle
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdbench.config import RunSpec, spec_hash
+from kdbench.config import RunSpec, params_dict, spec_hash
 from kdbench.data import Splits
+from kdbench.distiller import get_method
 from kdbench.errors import KDBenchError, ModelError
 from kdbench.features import ModelInfo, describe_model
 from kdbench.models import create_model
@@ -37,24 +40,58 @@ ProgressFactory = Callable[[int, str], contextlib.AbstractContextManager[Callabl
 
 @dataclass
 class Teacher:
-    """A ready teacher: the model in eval mode on the training device, and what records say about it."""
+    """A ready teacher: the model in eval mode on the training device, and what records say about it.
+
+    Its predictions on an evaluation split are computed on first use (:meth:`logits`), so a run evaluated on the
+    validation split (a tuning trial) never reads the test split, not even through its teacher.
+    """
 
     name: str
     model: nn.Module
     source: str
     sha256: str | None
     info: ModelInfo
-    top1: float | None
-    test_logits: Tensor | None = None
+    splits: Splits | None = None
+    spec: RunSpec | None = None
+    _logits: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def logits(self, split: str) -> Tensor | None:
+        """The teacher's logits on ``split`` (``test`` or ``val``), computed once; ``None`` without data."""
+        if split not in self._logits:
+            if self.splits is None or self.spec is None:
+                return None
+            self._logits[split] = _eval_teacher(self.model, self.splits, self.spec, split)
+        return self._logits[split]
+
+    def top1_on(self, split: str) -> float | None:
+        """The teacher's top-1 accuracy (percent) on ``split``."""
+        logits = self.logits(split)
+        if logits is None or self.splits is None:
+            return None
+        return top1(logits, self.splits.labels(split).to(logits.device))
+
+    @property
+    def top1(self) -> float | None:
+        """The teacher's top-1 accuracy on the test split (computed on first use)."""
+        return self.top1_on("test")
+
+    @property
+    def test_logits(self) -> Tensor | None:
+        """The teacher's logits on the test split (computed on first use)."""
+        return self.logits("test")
 
 
 def teacher_spec(spec: RunSpec) -> RunSpec:
     """The run that trains ``spec``'s teacher: plain cross-entropy under the teacher budget and seed."""
     assert spec.teacher is not None
+    ce = get_method("ce")  # the baseline with its registered defaults
     return dataclasses.replace(
-        spec, student=spec.teacher, method="ce", method_params={"label_smoothing": 0.0}, teacher=None,
+        spec, student=spec.teacher, method="ce", method_params=params_dict(ce.Params()), teacher=None,
         teacher_source="none", teacher_ckpt_sha256=None, teacher_ckpt=None, seed=spec.teacher_seed,
         epochs=spec.teacher_epochs, lr=spec.teacher_lr or spec.lr, teacher_lr=None,
+        weight_decay=spec.weight_decay if spec.teacher_weight_decay is None else spec.teacher_weight_decay,
+        teacher_weight_decay=None,
+        method_version=ce.version, eval_split="test",
     )
 
 
@@ -73,24 +110,47 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+SAVE_HINT = "save one with torch.save(model.state_dict(), path)"
+
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    """One line on what the file at ``path`` is not, from its first bytes and torch's refusal ``err``."""
+    if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        what = ("it holds pickled Python objects, not a state dict of tensors: kdbench loads state dicts only "
+                f"(weights_only), never arbitrary pickles; {SAVE_HINT}")
+    else:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+        if not head:
+            what = "the file is empty"
+        elif head.startswith(b"PK"):
+            what = "it is a damaged PyTorch checkpoint (a truncated or corrupt zip archive)"
+        elif head.startswith(b"\x80"):
+            what = "it is a damaged or foreign pickle, not a PyTorch checkpoint"
+        else:
+            what = f"it is not a PyTorch checkpoint (not a file written by torch.save); {SAVE_HINT}"
+    return f"cannot read checkpoint {path}: {what}"
+
+
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Load a state dict with ``weights_only=True``; accepts a bare state dict or one nested under a usual key.
 
     Raises:
-        KDBenchError: the file cannot be read as a PyTorch checkpoint.
+        KDBenchError: the file cannot be read as a PyTorch checkpoint, or holds something else than a state dict.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols; the error below says it all
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KDBenchError(f"cannot read checkpoint {path}: {first[:200]}") from None
+        raise KDBenchError(_unreadable(path, err)) from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise KDBenchError(f"checkpoint {path} holds no state dict of tensors")
+        raise KDBenchError(f"checkpoint {path} holds no state dict of tensors; {SAVE_HINT}")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -116,8 +176,8 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _eval_teacher(model: nn.Module, splits: Splits, spec: RunSpec) -> Tensor:
-    return predict(model, splits, "test", max(256, spec.batch_size), amp=spec.amp,
+def _eval_teacher(model: nn.Module, splits: Splits, spec: RunSpec, split: str) -> Tensor:
+    return predict(model, splits, split, max(256, spec.batch_size), amp=spec.amp,
                    channels_last=spec.channels_last).logits
 
 
@@ -127,11 +187,8 @@ def _finish(name: str, model: nn.Module, source: str, sha256: str | None, splits
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     info = splits.info
-    logits = _eval_teacher(model, splits, spec)
-    labels = splits.labels("test").to(logits.device)
     return Teacher(name=name, model=model, source=source, sha256=sha256,
-                   info=describe_model(model, name, info.in_chans, info.image_size),
-                   top1=top1(logits, labels), test_logits=logits)
+                   info=describe_model(model, name, info.in_chans, info.image_size), splits=splits, spec=spec)
 
 
 def prepare_teacher(spec: RunSpec, splits: Splits, device: torch.device, cache_dir: Path,
@@ -180,7 +237,7 @@ def _cached_or_trained(spec: RunSpec, splits: Splits, device: torch.device, cach
             model, sha = cached
             return _finish(spec.teacher, model, "trained", sha, splits, spec, device)
         tspec = teacher_spec(spec)
-        member = Member(tspec, info, None, device)
+        member = Member(tspec, info, None, device, train_labels=splits.labels("train"))
         total = tspec.epochs * splits.num_batches("train", tspec.batch_size)
         desc = f"teacher {spec.teacher} ({spec.dataset}, {tspec.epochs} ep)"
         bar = progress(total, desc) if progress else contextlib.nullcontext(None)
@@ -194,7 +251,8 @@ def _cached_or_trained(spec: RunSpec, splits: Splits, device: torch.device, cach
         sha = file_sha256(weights)
         teacher = _finish(spec.teacher, model, "trained", sha, splits, spec, device)
         meta = {
-            "teacher": spec.teacher, "dataset": spec.dataset, "sha256": sha, "top1": teacher.top1,
+            "teacher": spec.teacher, "dataset": spec.dataset, "sha256": sha,
+            "val_top1": member.history[-1].get("val_top1") if member.history else None,
             "spec": tspec.as_dict(), "history": member.history,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -210,6 +268,11 @@ def verified_cache_sha256(cache_dir: Path, key: str) -> str | None:
         return expected if weights.is_file() and file_sha256(weights) == expected else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def teacher_cached(cache_dir: Path, key: str) -> bool:
+    """Whether the teacher cache holds a complete entry for ``key`` whose weights match the recorded hash."""
+    return verified_cache_sha256(cache_dir, key) is not None
 
 
 def _read_cached(cache_dir: Path, key: str, name: str, info: Any,

@@ -22,8 +22,9 @@ import pandas as pd
 from kdbench.report.stats import mean_std_ci
 
 NO_TEACHER = "none"
-STUDENT_BUDGET_COLUMNS = (
-    "epochs", "batch_size", "lr", "schedule", "milestones", "weight_decay", "val_fraction", "image_size",
+STUDENT_BUDGET_COLUMNS = (  # data_fingerprint: other files under one dataset name are another leaderboard group
+    "epochs", "batch_size", "lr", "schedule", "milestones", "weight_decay", "data_fingerprint", "val_fraction",
+    "image_size",
 )
 TEACHER_BUDGET_COLUMNS = ("teacher_epochs",)
 BUDGET_COLUMNS = STUDENT_BUDGET_COLUMNS[:-2] + TEACHER_BUDGET_COLUMNS + STUDENT_BUDGET_COLUMNS[-2:]
@@ -38,7 +39,7 @@ NUMERIC_COLUMNS = (
 TEXT_COLUMNS = (
     "run_id", "status", "error", "dataset", "teacher", "student", "method", "method_label", "device",
     "device_name", "gpu_name", "hostname", "torch_version", "timm_version", "kdbench_version", "git_commit",
-    "python_version",
+    "python_version", "tuning", "tuned_params",
 )
 ENVIRONMENT_COLUMNS = (
     "device", "device_name", "gpu_name", "cpu_threads", "torch_version", "timm_version", "kdbench_version",
@@ -105,6 +106,8 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     ``student_budget_key`` / ``teacher_budget_key`` (JSON text, hashable).
     """
     prepared = frame.copy().reset_index(drop=True)
+    if "eval_split" in prepared:  # tuning trials, measured on the validation split, never enter a test table
+        prepared = prepared[prepared["eval_split"].fillna("test") != "val"].reset_index(drop=True)
     for column in NUMERIC_COLUMNS:
         if column not in prepared:
             prepared[column] = np.nan
@@ -170,6 +173,29 @@ def resolve_baseline(frame: pd.DataFrame, baseline: str) -> str | None:
     return next(iter(variants)) if len(variants) == 1 else None
 
 
+def check_baseline(frame: pd.DataFrame, baseline: str) -> None:
+    """Check that ``baseline`` names a method (or method label) of the store, or at least a registered method.
+
+    A registered method the store has no runs of is allowed: its gains stay blank.
+
+    Raises:
+        ConfigError: ``baseline`` is unknown; the message suggests close names from the store and the registry.
+    """
+    import difflib
+
+    from kdbench.distiller import list_methods
+    from kdbench.errors import ConfigError
+
+    stored = sorted(set(frame.get("method_label", pd.Series(dtype=object)).dropna())
+                    | set(frame.get("method", pd.Series(dtype=object)).dropna()))
+    registered = list_methods()
+    if baseline in stored or baseline in registered:
+        return
+    close = difflib.get_close_matches(baseline, stored + registered, n=3)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"the store has {', '.join(stored)}"
+    raise ConfigError(f"unknown baseline {baseline!r}: no method of that name in the store or registry; {hint}")
+
+
 def _per_seed_top1(rows: pd.DataFrame) -> pd.Series:
     """Top-1 per seed of the finished runs in ``rows`` (mean if a seed repeats)."""
     ok = rows[(rows["status"] == "ok") & rows["top1"].notna() & rows["seed"].notna()]
@@ -218,25 +244,35 @@ def _variant_row(rows: pd.DataFrame, baseline_seeds: pd.Series | None, is_baseli
         "gpu_samples_per_s": _median(ok["gpu_samples_per_s"]),
         "gpu_name": _first_text(ok["gpu_name"]),
         "train_time_s_mean": float(ok["train_time_s"].mean()) if ok["train_time_s"].notna().any() else math.nan,
+        "tuning": _first_text(rows["tuning"]) or "defaults",
+        "tuned_params": _first_text(rows["tuned_params"]),
         "delta_top1": math.nan,
         "delta_top1_std": math.nan,
         "delta_top1_ci95": math.nan,
         "n_paired": 0,
+        "delta_supported": False,
     }
     if baseline_seeds is not None and not is_baseline:
         mine = _per_seed_top1(rows)
         common = mine.index.intersection(baseline_seeds.index)
         delta_mean, delta_std, delta_ci, n_paired = mean_std_ci(mine[common] - baseline_seeds[common])
-        row.update(delta_top1=delta_mean, delta_top1_std=delta_std, delta_top1_ci95=delta_ci, n_paired=n_paired)
+        row.update(delta_top1=delta_mean, delta_top1_std=delta_std, delta_top1_ci95=delta_ci, n_paired=n_paired,
+                   delta_supported=delta_is_supported(delta_mean, delta_ci, n_paired))
     return row
+
+
+def delta_is_supported(delta: float, ci95: float, n_paired: int) -> bool:
+    """Whether the seeds support a gain or loss: at least two pairs and a paired 95% interval that excludes 0."""
+    return n_paired >= 2 and not (math.isnan(delta) or math.isnan(ci95)) and abs(delta) > ci95
 
 
 LEADERBOARD_COLUMNS = [
     "dataset", "teacher", "student", "budget", "method", "method_label", "uses_teacher", "teacher_source",
     "is_baseline", "n",
     "n_failed", "top1_mean", "top1_std", "top1_ci95", "top5_mean", "agreement_mean", "delta_top1", "delta_top1_std",
-    "delta_top1_ci95", "n_paired", "teacher_top1", "params_m", "extra_params_m", "gmacs", "gflops",
-    "cpu_latency_ms_bs1", "gpu_samples_per_s", "gpu_name", "train_time_s_mean", "method_params_json", "budget_key",
+    "delta_top1_ci95", "n_paired", "delta_supported", "teacher_top1", "params_m", "extra_params_m", "gmacs", "gflops",
+    "cpu_latency_ms_bs1", "gpu_samples_per_s", "gpu_name", "train_time_s_mean", "tuning", "tuned_params",
+    "method_params_json", "budget_key",
 ]
 
 
@@ -489,3 +525,22 @@ def environment_summary(frame: pd.DataFrame) -> pd.DataFrame:
     text = prepared[columns].apply(lambda column: column.map(lambda v: "—" if _is_missing(v) else str(_canonical(v))))
     summary = text.groupby(columns).size().reset_index(name="n_runs")
     return summary.sort_values("n_runs", ascending=False, kind="mergesort").reset_index(drop=True)
+
+
+def version_warnings(frame: pd.DataFrame) -> list[str]:
+    """One line per method whose runs in ``frame`` come from more than one version of its code.
+
+    A table that mixes a method's versions (its loss, defaults or behaviour changed in between), or the harness's
+    protocol versions, compares results that different code produced; ``kdbench report`` prints these lines.
+    """
+    lines = []
+    for column, what in (("method_version", "versions"), ("protocol_version", "protocol versions")):
+        if column not in frame.columns:
+            continue
+        for method, rows in frame.groupby("method", sort=True):
+            found = sorted({int(v) for v in rows[column].dropna()})
+            if len(found) > 1:
+                listed = ", ".join(str(v) for v in found)
+                lines.append(f"warning: the runs of {method!r} come from {what} {listed} of its code; rerun the "
+                             f"older ones (kdbench run/sweep retrains them) or report them apart")
+    return lines

@@ -1,0 +1,105 @@
+"""What the subcommands share: the one-line parser, the flags of ``run`` and ``sweep`` (declared once), and helpers.
+
+The defaults of the execution flags are the fields of :class:`kdbench.engine.ExecOptions`; a sweep's flags default
+to ``None`` instead, so that the spec's setting (and then those same defaults) applies where a flag is not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from kdbench.config import dataclass_defaults
+from kdbench.engine import ExecOptions
+from kdbench.errors import ConfigError
+from kdbench.trackers import TRACKERS
+
+#: the defaults of the execution options, the one source for ``run``'s flags and a sweep spec's execution keys
+EXEC_DEFAULTS = dataclass_defaults(ExecOptions)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage dump) with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``kdbench <cmd>: error: <message>`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer > 0."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {value})")
+    return value
+
+
+def key_values(items: Sequence[str], flag: str) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``.
+
+    Raises:
+        ConfigError: an item without ``=`` or without a key.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE (got {item!r})")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def first_doc_line(doc: str | None) -> str:
+    """The first line of a docstring, or ``""``."""
+    text = (doc or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
+def add_store_flags(parser: argparse.ArgumentParser, from_spec: bool = False) -> None:
+    """``--results``, ``--teacher-cache``, ``--plugin``, ``--retry-failed``, ``--no-progress`` and ``--log``.
+
+    Args:
+        parser: the subcommand's parser.
+        from_spec: the command reads a sweep spec (whose plugins are loaded besides those of ``--plugin``).
+    """
+    parser.add_argument("--results", type=Path, default=Path(EXEC_DEFAULTS["results"]), metavar="DIR",
+                        help="results store (default: %(default)s)")
+    parser.add_argument("--teacher-cache", type=Path, metavar="DIR",
+                        help="where trained teachers are cached; share one between stores (default: RESULTS/teachers)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                        help="load method plugins from a Python file; repeatable"
+                             + (" (besides the spec's plugins)" if from_spec else ""))
+    parser.add_argument("--retry-failed", action="store_true", help="run again the runs whose record says failed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--log", action="append", default=[], choices=list(TRACKERS), dest="trackers",
+                        metavar="TRACKER", help="also stream each run's per-epoch history to an experiment tracker: "
+                                                f"{', '.join(TRACKERS)}; repeatable (see kdbench.trackers)")
+
+
+def add_execution_flags(parser: argparse.ArgumentParser, from_spec: bool = False) -> None:
+    """``--device``, ``--data-root``, ``--download``, ``--no-cohort`` and ``--max-cohort``.
+
+    Args:
+        parser: the subcommand's parser.
+        from_spec: the flags override a sweep spec's keys: they default to ``None`` (not given), and the spec's
+            value, else :data:`EXEC_DEFAULTS`, applies.
+    """
+    defaults = EXEC_DEFAULTS
+    where = "the spec's, else " if from_spec else ""
+    parser.add_argument("--device", default=None if from_spec else defaults["device"],
+                        help=f"auto, cpu, cuda or cuda:N (default: {where}{defaults['device']})")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help=f"root of file-based datasets (default: {where}$KDBENCH_DATA)")
+    parser.add_argument("--download", action="store_true", default=None if from_spec else defaults["download"],
+                        help="download CIFAR when it is missing")
+    parser.add_argument("--no-cohort", action="store_true", default=None if from_spec else not defaults["cohort"],
+                        help="train runs one at a time instead of sharing each teacher pass")
+    parser.add_argument("--max-cohort", type=positive_int, metavar="N",
+                        default=None if from_spec else defaults["max_cohort"],
+                        help=f"the most runs trained together on one teacher pass (default: {where}"
+                             f"{defaults['max_cohort']})")
+    parser.add_argument("--compile", action="store_true", default=None if from_spec else defaults["compile"],
+                        help="torch.compile the training forward passes of students and teacher (not part of the "
+                             "run id; recorded)")
