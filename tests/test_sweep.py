@@ -13,7 +13,10 @@ import pytest
 import torch
 import yaml
 
-from kdbench.cli import build_parser, build_run_specs, main
+from kdbench import executors
+from kdbench.cli import build_parser, main
+from kdbench.commands.run import build_run_specs
+from kdbench.errors import ModelError
 from kdbench.executors import EXECUTORS
 from kdbench.results import iter_records, record_path
 from kdbench.sweep import SpecError, expand_sweep, load_sweep_spec, parse_sweep_spec
@@ -230,6 +233,31 @@ def test_a_truncated_teacher_checkpoint_is_one_clear_line(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_pair_that_cannot_process_the_input_is_a_spec_problem_before_any_run(tmp_path, capsys):
+    path = write_spec(tmp_path, f"""\
+        dataset: digits
+        pairs:
+          - {{teacher: {TINY_TEACHER}, student: test_convnext}}
+          - {{teacher: test_convnext, student: {TINY_STUDENT}, image_size: 32}}
+          - {{teacher: test_convnext, student: {TINY_STUDENT}}}
+        methods: [ce, kd]
+        """)
+    for extra in (["--dry-run"], []):
+        code, out, err = sweep([path, "--results", tmp_path / "results", *extra], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and out == "", err
+        assert len(lines) == 2, err  # pairs[0]'s student and pairs[2]'s teacher; pairs[1] is resized to 32x32
+        cannot = "model 'test_convnext' cannot process 8x8 inputs"
+        assert f"pairs[0] ({TINY_TEACHER} -> test_convnext): student {cannot}" in lines[0]
+        assert f"pairs[2] (test_convnext -> {TINY_STUDENT}): teacher {cannot}" in lines[1]
+        assert not (tmp_path / "results").exists()
+    # a teacher no method uses is not checked
+    only_ce = write_spec(tmp_path, f"dataset: digits\npairs: [{{teacher: test_convnext, student: {TINY_STUDENT}}}]\n"
+                                   "methods: [ce]\n", "ce.yaml")
+    code, _, err = sweep([only_ce, "--results", tmp_path / "results", "--dry-run"], capsys)
+    assert code == 0, err
+
+
 def test_unknown_executor_and_missing_spec_are_rejected(tmp_path, capsys):
     assert EXECUTORS.names() == ["local", "ray"]
     assert main(["sweep", "x.yaml", "--executor", "slurm"]) == 2
@@ -283,19 +311,18 @@ def test_the_cifar100_spec_is_the_published_protocol():
     assert spec.dataset == "cifar100"
 
 
-def test_the_quickstart_spec_shares_its_seed_0_runs_with_kdbench_run():
+def test_the_quickstart_spec_shares_its_runs_with_kdbench_run():
     spec = load_sweep_spec(CONFIGS / "quickstart.yaml")
-    methods = [name for name, _ in spec.methods]
-    args = build_parser().parse_args(["run", *itertools.chain.from_iterable(["--method", m] for m in methods)])
-    from_run = {s.run_id for s in build_run_specs(args)}
-    seed0 = {r.run_id for r in expand_sweep(spec) if r.seed == 0}
-    assert seed0 == from_run
+    from_run = {s.run_id: s.seed for s in build_run_specs(build_parser().parse_args(["run"]))}
+    from_sweep = {r.run_id for r in expand_sweep(spec) if r.seed in set(from_run.values())}
+    assert from_sweep == set(from_run)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # End to end, in process
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_writes_nothing_then_reports_what_is_done(tmp_path, capsys):
     path = write_spec(tmp_path, yaml.safe_dump(tiny_spec(seeds=[0, 1])))
     results = tmp_path / "results"
@@ -313,6 +340,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing_then_reports_what_is_done(tm
     assert sum(line.strip().startswith("done ") for line in out.splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_teachers_train_once_are_shared_and_their_hash_is_recorded(tmp_path, capsys):
     teachers = tmp_path / "teachers"
     path = write_spec(tmp_path, yaml.safe_dump(tiny_spec(methods=["kd"], seeds=[0, 1])))
@@ -341,6 +369,7 @@ def test_teachers_train_once_are_shared_and_their_hash_is_recorded(tmp_path, cap
     assert json.loads(next(teachers.glob("*.json")).read_text())["sha256"] == sha256(weights)
 
 
+@pytest.mark.slow
 def test_a_teacher_checkpoint_relative_to_the_spec_is_loaded_and_hashed(tmp_path, capsys):
     from kdbench.models import create_model
 
@@ -358,12 +387,23 @@ def test_a_teacher_checkpoint_relative_to_the_spec_is_loaded_and_hashed(tmp_path
     assert not (tmp_path / "results" / "teachers").exists()  # nothing trained
 
 
-def test_a_failing_teacher_is_tried_once_and_the_other_pairs_still_run(tmp_path, capsys):
-    pairs = [{"teacher": "test_vit", "student": TINY_STUDENT}, {"teacher": TINY_TEACHER, "student": TINY_STUDENT}]
+@pytest.mark.slow
+def test_a_failing_teacher_is_tried_once_and_the_other_pairs_still_run(tmp_path, capsys, monkeypatch):
+    # A teacher that cannot process the input is a spec problem now (reported before anything runs), so the
+    # failure comes from the teacher's training instead.
+    real = executors.prepare_teacher
+
+    def failing(spec, *args, **kwargs):
+        if spec.teacher == TINY_STUDENT:
+            raise ModelError("the teacher ran out of memory")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(executors, "prepare_teacher", failing)
+    pairs = [{"teacher": TINY_STUDENT, "student": TINY_STUDENT}, {"teacher": TINY_TEACHER, "student": TINY_STUDENT}]
     path = write_spec(tmp_path, yaml.safe_dump(tiny_spec(methods=["kd"], seeds=[0, 1], pairs=pairs)))
     code, _, err = sweep([path, "--results", tmp_path / "results"], capsys)
     assert code == 1
-    assert err.count("FAILED teacher test_vit") == 1 and "cannot process 8x8 inputs" in err
+    assert err.count(f"FAILED teacher {TINY_STUDENT}") == 1 and "ran out of memory" in err
     assert err.count("its teacher failed") == 1  # the second seed's cohort is not tried again
     records = list(iter_records(tmp_path / "results"))
     assert sorted((r["teacher"], r["seed"], r["status"]) for r in records) == [(TINY_TEACHER, 0, "ok"),
@@ -401,6 +441,7 @@ class Flaky(Distiller):
 '''
 
 
+@pytest.mark.slow
 def test_failed_runs_are_kept_until_retry_failed(tmp_path, capsys, method_sandbox):
     flag = tmp_path / "fail-now"
     flag.touch()
