@@ -345,3 +345,65 @@ class FeatureAdapter(nn.Module):
         if height >= self.size[0] and width >= self.size[1]:
             return self.proj(resize_map(feature, self.size))
         return resize_map(self.proj(feature), self.size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage pairs of multi-stage methods
+
+
+def check_depths(depths: Sequence[float] | None) -> None:
+    """Raise a one-line ``ValueError`` unless every relative depth lies in [0, 1] (for a ``Params`` check)."""
+    if depths is not None and not all(0.0 <= d <= 1.0 for d in depths):
+        raise ValueError(f"depths must lie in [0, 1] (got {list(depths)})")
+
+
+@dataclass(frozen=True)
+class StagePairs:
+    """Matched (student stage, teacher stage) pairs of a multi-stage method, in order.
+
+    Attributes:
+        pairs: ``((student index, teacher index), ...)``.
+    """
+
+    pairs: tuple[tuple[int, int], ...]
+
+    @property
+    def student(self) -> tuple[int, ...]:
+        """The distinct student stages, sorted: the method's ``student_stages``."""
+        return tuple(sorted({s for s, _ in self.pairs}))
+
+    @property
+    def teacher(self) -> tuple[int, ...]:
+        """The distinct teacher stages, sorted: the method's ``teacher_stages``."""
+        return tuple(sorted({t for _, t in self.pairs}))
+
+
+def match_stages(student: ModelInfo, teacher: ModelInfo, method: str, depths: Sequence[float] | None = None,
+                 student_indices: Sequence[int] | None = None, teacher_indices: Sequence[int] | None = None, *,
+                 skip_first: bool = True, at_least: int = 1) -> StagePairs:
+    """The stage pairs of a multi-stage method: explicit indices, else relative depths, else :func:`shared_depths`.
+
+    Args:
+        student: the student (it must have feature taps).
+        teacher: the teacher (likewise).
+        method: the method's name, for messages.
+        depths: relative depths in [0, 1] used in both models; ``None`` for the default pairing.
+        student_indices: explicit student stages (negative: from the end); win over ``depths``.
+        teacher_indices: explicit teacher stages; win over ``depths``.
+        skip_first: whether the default pairing leaves out the first stage.
+        at_least: the fewest pairs the method needs.
+
+    Raises:
+        ModelError: a model without feature taps.
+        ConfigError: an index out of range, or not as many student as teacher stages (or fewer than ``at_least``).
+    """
+    student.require_features(method)
+    teacher.require_features(method)
+    if depths is None:
+        depths = shared_depths(student, teacher, skip_first=skip_first)
+    s = select_stages(student, depths, student_indices, what=f"{method}.student_indices")
+    t = select_stages(teacher, depths, teacher_indices, what=f"{method}.teacher_indices")
+    if len(s) != len(t) or len(s) < at_least:
+        raise ConfigError(f"{method} pairs {len(s)} student stage(s) with {len(t)} teacher stage(s); give as many "
+                          f"of each (at least {at_least}) through depths, student_indices, teacher_indices")
+    return StagePairs(tuple(zip(s, t, strict=True)))

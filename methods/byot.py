@@ -84,7 +84,7 @@ class BeYourOwnTeacher(Distiller):
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo) -> None:
         super().__init__(params, student, teacher, data)
-        student.require_features(self.name or "byot")
+        student.require_features(self.name)
         last = len(student.stages) - 1
         if last < 1:
             raise ModelError(f"model {student.name!r} has one feature stage; byot needs at least two")

@@ -12,8 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench.distiller import Distiller, RunContext, Step, register_method
-from kdbench.errors import ConfigError
-from kdbench.features import FeatureAdapter, ModelInfo, pool_to_common_size, select_stages, shared_depths
+from kdbench.features import FeatureAdapter, ModelInfo, check_depths, match_stages, pool_to_common_size
 from kdbench.losses import cross_entropy
 
 if TYPE_CHECKING:
@@ -82,22 +81,15 @@ class FSP(Distiller):
             if self.beta < 0 or self.ce_weight < 0 or self.init_epochs < 0:
                 raise ValueError(f"need beta, ce_weight, init_epochs >= 0 (got {self.beta}, {self.ce_weight}, "
                                  f"{self.init_epochs})")
-            if self.depths is not None and not all(0.0 <= d <= 1.0 for d in self.depths):
-                raise ValueError(f"depths must lie in [0, 1] (got {list(self.depths)})")
+            check_depths(self.depths)
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
         super().__init__(params, student, teacher, data, context)
-        student.require_features(self.name)
-        teacher.require_features(self.name)
-        depths = params.depths if params.depths is not None else shared_depths(student, teacher, skip_first=False)
-        s = select_stages(student, depths, params.student_indices, what=f"{self.name}.student_indices")
-        t = select_stages(teacher, depths, params.teacher_indices, what=f"{self.name}.teacher_indices")
-        if len(s) != len(t) or len(s) < 2:
-            raise ConfigError(f"{self.name} chains {len(s)} student stage(s) with {len(t)} teacher stage(s); give "
-                              f"as many of each (at least two) through depths, student_indices, teacher_indices")
-        self.chain = tuple(zip(s, t, strict=True))
-        self.student_stages, self.teacher_stages = tuple(sorted(set(s))), tuple(sorted(set(t)))
+        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
+                             params.teacher_indices, skip_first=False, at_least=2)
+        self.chain = stages.pairs
+        self.student_stages, self.teacher_stages = stages.student, stages.teacher
         self.init_epochs = params.init_epochs
         shapes = [(student.stages[i], teacher.stages[j].channels) for i, j in self.chain]
         self.adapters = nn.ModuleList(FeatureAdapter(a, dataclasses.replace(a, channels=c)) for a, c in shapes)

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
-from kdbench.errors import ConfigError
-from kdbench.features import ModelInfo, pool_to_common_size, select_stages, shared_depths
+from kdbench.features import ModelInfo, check_depths, match_stages, pool_to_common_size
 from kdbench.losses import cross_entropy
 
 if TYPE_CHECKING:
@@ -112,22 +111,15 @@ class KDSVD(Distiller):
                 raise ValueError(f"weights must be >= 0 (got {self.weight}, {self.ce_weight})")
             if self.k < 1:
                 raise ValueError(f"k must be >= 1 (got {self.k})")
-            if self.depths is not None and not all(0.0 <= d <= 1.0 for d in self.depths):
-                raise ValueError(f"depths must lie in [0, 1] (got {list(self.depths)})")
+            check_depths(self.depths)
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
         super().__init__(params, student, teacher, data, context)
-        student.require_features(self.name)
-        teacher.require_features(self.name)
-        depths = params.depths if params.depths is not None else shared_depths(student, teacher)
-        s = select_stages(student, depths, params.student_indices, what=f"{self.name}.student_indices")
-        t = select_stages(teacher, depths, params.teacher_indices, what=f"{self.name}.teacher_indices")
-        if len(s) != len(t) or len(s) < 2:
-            raise ConfigError(f"{self.name} pairs {len(s)} student stage(s) with {len(t)} teacher stage(s); give "
-                              f"as many of each (at least two) through depths, student_indices, teacher_indices")
-        self.pairs = tuple(zip(s, t, strict=True))
-        self.student_stages, self.teacher_stages = tuple(sorted(set(s))), tuple(sorted(set(t)))
+        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
+                             params.teacher_indices, at_least=2)
+        self.pairs = stages.pairs
+        self.student_stages, self.teacher_stages = stages.student, stages.teacher
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and KD-SVD terms."""

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
-from kdbench.errors import ConfigError
-from kdbench.features import ModelInfo, select_stages, shared_depths
+from kdbench.features import ModelInfo, check_depths, match_stages
 from kdbench.losses import cross_entropy, flatten_embedding
 
 if TYPE_CHECKING:
@@ -109,25 +108,19 @@ class ReviewKD(Distiller):
         def __post_init__(self) -> None:
             if self.weight < 0 or self.ce_weight < 0 or self.warmup_epochs < 0 or self.max_mid_channels < 1:
                 raise ValueError("weights and warmup_epochs must be >= 0 and max_mid_channels >= 1")
-            if self.depths is not None and not all(0.0 <= d <= 1.0 for d in self.depths):
-                raise ValueError(f"depths must lie in [0, 1] (got {list(self.depths)})")
+            check_depths(self.depths)
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
         super().__init__(params, student, teacher, data, context)
-        student.require_features(self.name)
-        teacher.require_features(self.name)
-        depths = params.depths if params.depths is not None else shared_depths(student, teacher)
-        s = select_stages(student, depths, params.student_indices, what=f"{self.name}.student_indices")
-        t = select_stages(teacher, depths, params.teacher_indices, what=f"{self.name}.teacher_indices")
-        if len(s) != len(t) or not s:
-            raise ConfigError(f"{self.name} pairs {len(s)} student stage(s) with {len(t)} teacher stage(s); give "
-                              f"as many of each (at least one) through depths, student_indices, teacher_indices")
-        self.pairs = tuple(zip(s, t, strict=True))
-        self.student_stages, self.teacher_stages = tuple(sorted(set(s))), tuple(sorted(set(t)))
+        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
+                             params.teacher_indices)
+        self.pairs = stages.pairs
+        self.student_stages, self.teacher_stages = stages.student, stages.teacher
         self.embeddings = params.pooled_level
-        ins = [student.stages[i].channels for i in s]
-        outs = [(teacher.stages[j].channels, (teacher.stages[j].height, teacher.stages[j].width)) for j in t]
+        ins = [student.stages[i].channels for i, _ in self.pairs]
+        outs = [(teacher.stages[j].channels, (teacher.stages[j].height, teacher.stages[j].width))
+                for _, j in self.pairs]
         if params.pooled_level:
             ins.append(student.embedding_dim)
             outs.append((teacher.embedding_dim, (1, 1)))

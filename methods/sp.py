@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
-from kdbench.errors import ConfigError
-from kdbench.features import ModelInfo, select_stages
+from kdbench.features import ModelInfo, match_stages
 from kdbench.losses import cross_entropy
 
 if TYPE_CHECKING:
@@ -82,15 +81,10 @@ class SimilarityPreserving(Distiller):
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
         super().__init__(params, student, teacher, data, context)
-        student.require_features(self.name)
-        teacher.require_features(self.name)
-        s = select_stages(student, params.depths, params.student_indices, what=f"{self.name}.student_indices")
-        t = select_stages(teacher, params.depths, params.teacher_indices, what=f"{self.name}.teacher_indices")
-        if len(s) != len(t) or not s:
-            raise ConfigError(f"{self.name} pairs {len(s)} student stage(s) with {len(t)} teacher stage(s); give "
-                              f"as many of each (at least one) through depths, student_indices, teacher_indices")
-        self.pairs = tuple(zip(s, t, strict=True))
-        self.student_stages, self.teacher_stages = tuple(sorted(set(s))), tuple(sorted(set(t)))
+        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
+                             params.teacher_indices)
+        self.pairs = stages.pairs
+        self.student_stages, self.teacher_stages = stages.student, stages.teacher
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and similarity-preserving terms."""

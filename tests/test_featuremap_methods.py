@@ -106,7 +106,7 @@ def test_kdsvd_is_zero_when_the_student_has_the_teachers_maps_and_needs_two_pair
     chain = [torch.randn(4, 6, 8, 8), torch.randn(4, 12, 4, 4), torch.randn(4, 24, 2, 2)]
     assert float(kdsvd_loss(chain, chain)) == pytest.approx(0.0, abs=1e-10)
     assert float(kdsvd_loss(chain, [torch.randn_like(f) for f in chain])) > 0
-    with pytest.raises(ConfigError, match="at least two"):
+    with pytest.raises(ConfigError, match="at least 2"):
         make("kdsvd", depths=(1.0,))
 
 
