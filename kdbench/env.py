@@ -13,6 +13,7 @@ import timm
 import torch
 
 import kdbench
+from kdbench.errors import ConfigError
 
 
 def resolve_device(device: str) -> torch.device:
@@ -21,8 +22,6 @@ def resolve_device(device: str) -> torch.device:
     Raises:
         kdbench.errors.ConfigError: CUDA asked for but not available, or an unknown device string.
     """
-    from kdbench.errors import ConfigError
-
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -1,6 +1,7 @@
-"""Executors: where the cohorts of a sweep train. ``local`` (this process; the default) and ``ray`` (a Ray cluster).
+"""Executors: where the cohorts of a sweep train: ``local`` (this process), ``ray`` and ``slurm`` (submitit).
 
-Both hand each cohort (runs sharing a data stream and a teacher pass) to :func:`kdbench.engine.run_cohort`, which
+``local`` is the default; ``ray`` runs on a Ray cluster, ``slurm`` submits Slurm jobs. Each hands each cohort
+(runs sharing a data stream and a teacher pass) to :func:`kdbench.engine.run_cohort`, which
 claims its runs with OS file locks in the results store and writes each record atomically. So any number of
 executors, processes and Ray workers may work on one store at once, and any of them may die at any moment: a run
 is trained by one of them, its record is whole or absent, and a rerun trains only what is missing.
@@ -19,18 +20,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
+from kdbench.config import RunSpec
+from kdbench.distiller import discover_methods, load_plugin_file
+from kdbench.engine import ExecOptions, load_splits, progress_bars, run_cohort
+from kdbench.env import resolve_device
 from kdbench.errors import ConfigError, KDBenchError
+from kdbench.plan import make_plan
 from kdbench.registry import Registry
-
-if TYPE_CHECKING:
-    import torch
-
-    from kdbench.config import RunSpec
-    from kdbench.engine import ExecOptions
+from kdbench.results import read_record, record_path
+from kdbench.teachers import prepare_teacher, teacher_cached, teacher_key
 
 #: the registered executors, by name
 EXECUTORS: Registry[type[Executor]] = Registry("executor")
@@ -57,6 +60,8 @@ class SweepJob:
         num_cpus: CPUs per Ray task.
         num_gpus: GPUs per Ray task (fractions share a GPU).
         ray_address: the Ray cluster to connect to; ``None`` for Ray's own choice.
+        gpus_per_run: Ray executor: train each cohort data-parallel on this many Ray Train workers (one GPU each;
+            CPU workers with ``device: cpu``); 1 trains it in one task.
     """
 
     cohorts: list[list[RunSpec]]
@@ -65,6 +70,7 @@ class SweepJob:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ray_address: str | None = None
+    gpus_per_run: int = 1
 
     @property
     def pending(self) -> list[RunSpec]:
@@ -121,8 +127,6 @@ class Executor(ABC):
 
 
 def _record_stamp(results: Path, run_id: str) -> int | None:
-    from kdbench.results import record_path
-
     try:
         return os.stat(record_path(results, run_id)).st_mtime_ns
     except FileNotFoundError:
@@ -163,8 +167,6 @@ class _LocalSweep:
     """The state of one local execution: teachers made ready or failed, runs finished, problems."""
 
     def __init__(self, job: SweepJob, bar: RunBar) -> None:
-        from kdbench.env import resolve_device
-
         self.job = job
         self.bar = bar
         self.device = resolve_device(job.options.device)
@@ -176,8 +178,6 @@ class _LocalSweep:
         self.finished: set[str] = set()
 
     def run(self) -> SweepOutcome:
-        from kdbench.engine import make_plan, run_cohort
-
         given_up: set[str] = set()
         cohorts = self.job.cohorts
         while cohorts:
@@ -212,10 +212,6 @@ class _LocalSweep:
 
     def prepare_teacher(self, cohort: Sequence[RunSpec]) -> str | None:
         """Make the cohort's trained teacher ready in the cache; the error line if it cannot be."""
-        from kdbench.engine import load_splits, progress_bars
-        from kdbench.sweep import teacher_cached
-        from kdbench.teachers import prepare_teacher, teacher_key
-
         user = trained_teacher_user(cohort)
         if user is None:
             return None
@@ -250,7 +246,7 @@ def import_ray() -> Any:
         ConfigError: Ray is not installed.
     """
     try:
-        import ray
+        import ray  # imported on use: an optional dependency, and a slow import every other command can skip
     except ImportError:
         raise ConfigError("the ray executor needs Ray: pip install 'kdbench[ray]'") from None
     return ray
@@ -269,10 +265,6 @@ def worker_fields(options: ExecOptions) -> dict[str, Any]:
 
 def worker_device(device: str, num_gpus: float) -> torch.device:
     """The device of a Ray task: ``auto`` means the GPU Ray gave the task, or the CPU when it gave none."""
-    import torch
-
-    from kdbench.env import resolve_device
-
     if device == "auto":
         device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
     return resolve_device(device)
@@ -281,9 +273,6 @@ def worker_device(device: str, num_gpus: float) -> torch.device:
 def _worker_setup(fields: dict[str, Any], plugins: Sequence[str], num_gpus: float,
                   log: Callable[[str], None]) -> tuple[ExecOptions, torch.device]:
     """Prepare a Ray worker: load the plugins, rebuild the options, pick the device."""
-    from kdbench.distiller import discover_methods, load_plugin_file
-    from kdbench.engine import ExecOptions
-
     discover_methods()
     for plugin in plugins:
         load_plugin_file(plugin)
@@ -294,9 +283,6 @@ def _worker_setup(fields: dict[str, Any], plugins: Sequence[str], num_gpus: floa
 def train_teacher_task(spec: RunSpec, fields: dict[str, Any], plugins: Sequence[str],
                        num_gpus: float) -> dict[str, Any]:
     """Ray task: make sure ``spec``'s teacher is in the teacher cache (trained once, under the cache's lock)."""
-    from kdbench.engine import load_splits
-    from kdbench.teachers import prepare_teacher
-
     lines: list[str] = []
     started = time.perf_counter()
     try:
@@ -314,9 +300,6 @@ def train_teacher_task(spec: RunSpec, fields: dict[str, Any], plugins: Sequence[
 def run_cohort_task(cohort: list[RunSpec], fields: dict[str, Any], plugins: Sequence[str], num_gpus: float,
                     label: str, *teachers: dict[str, Any]) -> dict[str, Any]:
     """Ray task: train one cohort after its teacher task (passed in ``teachers``, so Ray runs that one first)."""
-    from kdbench.engine import run_cohort
-    from kdbench.results import read_record
-
     if any(t.get("error") for t in teachers):
         return {"kind": "cohort", "finished": [], "log": [], "error": None, "skipped": True}
     lines: list[str] = []
@@ -328,6 +311,42 @@ def run_cohort_task(cohort: list[RunSpec], fields: dict[str, Any], plugins: Sequ
         error = str(err)
     finished = [s.run_id for s in cohort if read_record(fields["results"], s.run_id) is not None]
     return {"kind": "cohort", "finished": finished, "log": lines, "error": error}
+
+
+def _ray_train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker loop: this worker trains the cohort as one rank of a data-parallel run."""
+    from kdbench import distributed
+
+    options, device = _worker_setup(config["fields"], config["plugins"], 1.0 if config["use_gpu"] else 0.0,
+                                    lambda line: None)
+    _, device = distributed.setup(device)  # Ray Train set the process group and the torchrun variables up
+    run_cohort(config["cohort"], options, device, label=config["label"])
+
+
+def run_cohort_ray_train_task(cohort: list[RunSpec], fields: dict[str, Any], plugins: Sequence[str], workers: int,
+                              num_cpus: float, label: str, *teachers: dict[str, Any]) -> dict[str, Any]:
+    """Ray task: train one cohort data-parallel on ``workers`` Ray Train workers (see :mod:`kdbench.distributed`)."""
+    if any(t.get("error") for t in teachers):
+        return {"kind": "cohort", "finished": [], "log": [], "error": None, "skipped": True}
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = fields["device"] != "cpu"
+    config = {"cohort": cohort, "fields": fields, "plugins": list(plugins), "label": label, "use_gpu": use_gpu}
+    trainer = TorchTrainer(
+        _ray_train_worker, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": num_cpus, **({"GPU": 1} if use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=f"kdbench-{cohort[0].run_id}", storage_path=str(Path(fields["results"]) / "ray")),
+    )
+    error = None
+    try:
+        trainer.fit()
+    except Exception as err:  # noqa: BLE001 - a cohort that could not train is one line; its runs have no record
+        error = _one_line(err)
+    finished = [s.run_id for s in cohort if read_record(fields["results"], s.run_id) is not None]
+    return {"kind": "cohort", "finished": finished, "log": [], "error": error}
 
 
 @register_executor("ray")
@@ -374,9 +393,6 @@ class RayExecutor(Executor):
                       "fits them joins (pass --num-cpus / --num-gpus to change their size)")
 
     def _run(self, ray: Any, job: SweepJob, bar: RunBar) -> SweepOutcome:
-        from kdbench.sweep import teacher_cached
-        from kdbench.teachers import teacher_key
-
         outcome = SweepOutcome()
         self._describe_cluster(ray, job, bar)
         fields = worker_fields(job.options)
@@ -384,6 +400,8 @@ class RayExecutor(Executor):
         resources = {"num_cpus": job.num_cpus, "num_gpus": job.num_gpus}
         teacher_task = ray.remote(train_teacher_task).options(name="kdbench-teacher", **resources)
         cohort_task = ray.remote(run_cohort_task).options(name="kdbench-cohort", **resources)
+        if job.gpus_per_run > 1:  # the task only drives a Ray Train run; its workers take the resources
+            train_task = ray.remote(run_cohort_ray_train_task).options(name="kdbench-cohort", num_cpus=0)
         teacher_refs: dict[str, Any] = {}
         tasks: dict[Any, list[RunSpec] | None] = {}
         for number, cohort in enumerate(job.cohorts, 1):
@@ -396,7 +414,11 @@ class RayExecutor(Executor):
             if key in teacher_refs:
                 needs.append(teacher_refs[key])
             label = f"[{number}/{len(job.cohorts)}]"
-            tasks[cohort_task.remote(cohort, fields, plugins, job.num_gpus, label, *needs)] = cohort
+            if job.gpus_per_run > 1:
+                ref = train_task.remote(cohort, fields, plugins, job.gpus_per_run, job.num_cpus, label, *needs)
+            else:
+                ref = cohort_task.remote(cohort, fields, plugins, job.num_gpus, label, *needs)
+            tasks[ref] = cohort
         outstanding = list(tasks)
         try:
             while outstanding:
@@ -428,3 +450,88 @@ class RayExecutor(Executor):
             outcome.problems.append(message)
             bar.write(f"FAILED {message}")
         bar.advance(len(result.get("finished", [])))
+
+
+def import_submitit() -> Any:
+    """The ``submitit`` module, or a one-line :class:`ConfigError` when it is not installed."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("the slurm executor needs submitit: pip install 'kdbench[slurm]'") from None
+    return submitit
+
+
+#: submitit's cluster for ``--executor slurm`` (``slurm``; ``local`` runs the jobs as local processes, for tests)
+SLURM_CLUSTER_ENV = "KDBENCH_SLURM_CLUSTER"
+#: the Slurm partition jobs go to (else the cluster's default)
+SLURM_PARTITION_ENV = "KDBENCH_SLURM_PARTITION"
+#: the time limit of each job, in minutes (default one day)
+SLURM_TIMEOUT_ENV = "KDBENCH_SLURM_TIMEOUT_MIN"
+
+
+@register_executor("slurm")
+class SlurmExecutor(Executor):
+    """Each teacher to train and each cohort is one Slurm job, submitted through submitit.
+
+    A job runs the same tasks as the Ray executor (:func:`train_teacher_task`, then :func:`run_cohort_task`), so a
+    run is claimed with an OS file lock in the results store and its record written atomically: jobs that die or
+    time out leave no record, and a rerun trains what is missing. The teachers' jobs finish before the cohorts'
+    jobs are submitted. Each job asks for ``--num-cpus`` CPUs and ``--num-gpus`` GPUs (rounded up). The results
+    folder (and the teacher cache, the data and the plugins) must be on a file system the nodes share; submitit's
+    logs go to ``<results>/slurm/``. ``KDBENCH_SLURM_PARTITION`` and ``KDBENCH_SLURM_TIMEOUT_MIN`` (default 1440)
+    set the partition and the time limit; ``KDBENCH_SLURM_CLUSTER=local`` runs the jobs as local processes.
+    """
+
+    def run(self, job: SweepJob, bar: RunBar) -> SweepOutcome:
+        """See :meth:`Executor.run`."""
+        outcome = SweepOutcome()
+        if not job.cohorts:
+            return outcome
+        submitit = import_submitit()
+        executor = submitit.AutoExecutor(folder=Path(job.options.results) / "slurm",
+                                         cluster=os.environ.get(SLURM_CLUSTER_ENV) or None)
+        parameters: dict[str, Any] = {"name": "kdbench", "timeout_min": int(os.environ.get(SLURM_TIMEOUT_ENV, "1440")),
+                                      "cpus_per_task": max(1, int(-(-job.num_cpus // 1))),
+                                      "gpus_per_node": int(-(-job.num_gpus // 1))}
+        if os.environ.get(SLURM_PARTITION_ENV):
+            parameters["slurm_partition"] = os.environ[SLURM_PARTITION_ENV]
+        executor.update_parameters(**parameters)
+        fields = worker_fields(job.options)
+        plugins = list(job.plugins)
+        teachers: dict[str, Any] = {}
+        for cohort in job.cohorts:
+            user = trained_teacher_user(cohort)
+            key = teacher_key(user) if user else None
+            if user and key not in teachers and not teacher_cached(job.options.teacher_dir, key):
+                teachers[key] = executor.submit(train_teacher_task, user, fields, plugins, job.num_gpus)
+        failed = {key for key, handle in teachers.items() if self._collect(handle, None, bar, outcome)}
+        handles = []
+        for number, cohort in enumerate(job.cohorts, 1):
+            user = trained_teacher_user(cohort)
+            if user and teacher_key(user) in failed:
+                bar.write(f"skipped {_cohort_label(cohort)}: its teacher failed")
+                continue
+            label = f"[{number}/{len(job.cohorts)}]"
+            handles.append((executor.submit(run_cohort_task, cohort, fields, plugins, job.num_gpus, label), cohort))
+        for handle, cohort in handles:
+            self._collect(handle, cohort, bar, outcome)
+        return outcome
+
+    @staticmethod
+    def _collect(handle: Any, cohort: list[RunSpec] | None, bar: RunBar, outcome: SweepOutcome) -> bool:
+        """Wait for one job and report it; ``True`` when it failed."""
+        what = _cohort_label(cohort) if cohort else "teacher job"
+        try:
+            result = handle.result()
+        except Exception as err:  # noqa: BLE001 - a job that died (killed, timed out) is one line
+            result = {"log": [], "error": f"job {handle.job_id}: {_one_line(err)}", "finished": []}
+        for line in result["log"]:
+            bar.write(line)
+        if result.get("kind") == "teacher" and not result["error"]:
+            bar.write(f"teacher {result['teacher']} ready ({result['time_s']:.1f} s)")
+        if result["error"]:
+            message = result["error"] if result.get("kind") == "teacher" else f"{what}: {result['error']}"
+            outcome.problems.append(message)
+            bar.write(f"FAILED {message}")
+        bar.advance(len(result.get("finished", [])))
+        return bool(result["error"])

@@ -15,53 +15,46 @@ asked for by ``kdbench run`` have the same run id, and neither trains it twice. 
 ``methods`` may instead map each method to a parameter grid (``{kd: {temperature: [2, 4, 8]}, at: {}}``), and a
 pair entry may override any training-budget key for its runs (``lr: 0.01``). Every problem of a spec is reported,
 one line each, before anything is written; ``configs/README.md`` describes every key.
+
+The keys, their types and their defaults are the fields of typed dataclasses: :data:`RunBudget` (derived from
+:class:`~kdbench.config.RunSpec`: every field that is not the run's identity), :class:`PairEntry`,
+:class:`ExecutionSettings` and :class:`SweepKeys`. One checker reads any of them (:meth:`_SpecChecker.section`) and
+their own validation says what is out of range, so a field added to ``RunSpec`` is a sweep key at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
-import sys
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from kdbench.config import RunSpec, coerce_value, dataclass_field_types
-from kdbench.errors import ConfigError, KDBenchError
+import yaml
 
-if TYPE_CHECKING:
-    from kdbench.engine import ExecOptions, Plan
-
-#: RunSpec fields that say which run it is rather than its training budget; a spec sets them through
-#: ``dataset``, ``pairs``, ``methods`` and ``seeds``
-_RUN_IDENTITY = ("dataset", "student", "method", "teacher", "method_params", "seed", "teacher_source",
-                 "teacher_ckpt_sha256", "teacher_ckpt")
-
-#: the training-budget keys: every other RunSpec field. Set at the top level for every run; a pair may override them.
-BUDGET_KEYS: tuple[str, ...] = tuple(name for name in dataclass_field_types(RunSpec) if name not in _RUN_IDENTITY)
-
-#: keys of a pair entry besides the budget keys
-PAIR_KEYS: dict[str, Any] = {"teacher": str | None, "student": str, "teacher_ckpt": str | None,
-                             "teacher_pretrained": bool}
-
-#: keys that say where and how runs execute; they change no run id
-EXECUTION_KEYS: dict[str, Any] = {"device": str, "data_root": str | None, "download": bool, "cohort": bool,
-                                  "max_cohort": int, "num_cpus": float, "num_gpus": float}
-
-#: the other top-level keys (``teacher``, ``student`` and ``teacher_ckpt`` at the top level are a one-pair shorthand)
-SWEEP_KEYS: dict[str, Any] = {"dataset": str, "pairs": list, "methods": dict, "seeds": tuple[int, ...],
-                              "plugins": tuple[str, ...], **PAIR_KEYS}
+from kdbench.config import (
+    RunSpec,
+    build_params,
+    coerce_value,
+    dataclass_defaults,
+    dataclass_field_types,
+    validate_budget,
+)
+from kdbench.data import DATASETS, DataConfig, describe_dataset
+from kdbench.distiller import discover_methods, get_method, load_plugin_file
+from kdbench.engine import ExecOptions
+from kdbench.errors import ConfigError, KDBenchError, ModelError
+from kdbench.executors import SweepJob
+from kdbench.models import check_model_name, create_model
+from kdbench.plan import expand
+from kdbench.teachers import read_state_dict
 
 #: where ``kdbench sweep NAME`` finds the shipped specs
 PACKAGED_CONFIGS = ("resources", "configs")
-
-#: execution defaults of the keys that ``kdbench run`` has no flag for
-_EXECUTION_DEFAULTS = {"num_cpus": 1.0, "num_gpus": 0.0}
 
 
 class SpecError(ConfigError):
@@ -145,32 +138,110 @@ class SweepSpec:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Defaults: those of `kdbench run`, so that a spec and a command line that leave a key out mean the same thing
+# The schema: a spec's keys are the fields of typed dataclasses; their types and defaults are the fields' own
+
+#: RunSpec fields that say which run it is (or follow from it) rather than how it trains; a spec sets them through
+#: ``dataset``, ``pairs``, ``methods`` and ``seeds``
+RUN_IDENTITY = ("dataset", "student", "method", "teacher", "method_params", "seed", "teacher_source",
+                "teacher_ckpt_sha256", "teacher_ckpt", "data_fingerprint", "method_version", "protocol_version")
 
 
-def run_command_defaults() -> dict[str, Any]:
-    """The defaults of ``kdbench run``'s flags, keyed by the spec keys they correspond to."""
-    from kdbench.cli import OneLineParser, add_run_parser
+def _budget_field(spec_field: dataclasses.Field) -> Any:
+    if spec_field.default_factory is not dataclasses.MISSING:
+        return field(default_factory=spec_field.default_factory)
+    return field(default=spec_field.default)
 
-    parser = OneLineParser(prog="kdbench")
-    add_run_parser(parser.add_subparsers(dest="command"))
-    args = vars(parser.parse_args(["run"]))
-    fields = {f.name: f for f in dataclasses.fields(RunSpec)}
-    defaults: dict[str, Any] = {}
-    for key in BUDGET_KEYS:
-        if key == "data_options":
-            defaults[key] = {}
-        elif key in args:
-            defaults[key] = tuple(args[key]) if isinstance(args[key], list) else args[key]
-        else:  # a RunSpec field `kdbench run` has no flag for
-            spec_field = fields[key]
-            has_factory = spec_field.default_factory is not dataclasses.MISSING
-            defaults[key] = spec_field.default_factory() if has_factory else spec_field.default
-    defaults["seeds"] = tuple(args["seeds"])
-    defaults["teacher_pretrained"] = bool(args["teacher_pretrained"])
-    defaults.update(device=args["device"], data_root=args["data_root"], download=bool(args["download"]),
-                    cohort=not args["no_cohort"], max_cohort=args["max_cohort"], **_EXECUTION_DEFAULTS)
-    return defaults
+
+def _budget_problems(self: Any) -> list[str]:
+    """The first problem of the budget's numbers (:func:`kdbench.config.validate_budget`), or none."""
+    try:
+        validate_budget(self)
+    except ConfigError as err:
+        return [str(err)]
+    return []
+
+
+#: The training budget of a run: every :class:`RunSpec` field outside :data:`RUN_IDENTITY`, with its type and
+#: default. Set at the top level of a spec for every run; a pair may override any of it for its runs.
+RunBudget = dataclasses.make_dataclass(
+    "RunBudget",
+    [(f.name, dataclass_field_types(RunSpec)[f.name], _budget_field(f))
+     for f in dataclasses.fields(RunSpec) if f.name not in RUN_IDENTITY],
+    frozen=True, namespace={"problems": _budget_problems, "__module__": __name__,
+                            "__doc__": "The training budget of a run: RunSpec's fields that are not its identity."},
+)
+
+_EXEC_DEFAULTS = {**dataclass_defaults(ExecOptions), **dataclass_defaults(SweepJob)}
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """Where and how a sweep's runs execute; they change no run id. Defaults: the execution options' and the job's.
+
+    Attributes:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        data_root: root folder of file-based datasets (else ``$KDBENCH_DATA``).
+        download: download CIFAR when missing.
+        cohort: train runs that share a teacher together.
+        max_cohort: the most runs in one cohort.
+        num_cpus: CPUs per Ray task.
+        num_gpus: GPUs per Ray task.
+        compile: ``torch.compile`` the training forward passes (recorded, not part of the run id).
+    """
+
+    device: str = _EXEC_DEFAULTS["device"]
+    data_root: str | None = _EXEC_DEFAULTS["data_root"]
+    download: bool = _EXEC_DEFAULTS["download"]
+    cohort: bool = _EXEC_DEFAULTS["cohort"]
+    max_cohort: int = _EXEC_DEFAULTS["max_cohort"]
+    num_cpus: float = _EXEC_DEFAULTS["num_cpus"]
+    num_gpus: float = _EXEC_DEFAULTS["num_gpus"]
+    compile: bool = _EXEC_DEFAULTS["compile"]
+
+    def problems(self) -> list[str]:
+        """One line per setting out of range."""
+        checks = [(self.max_cohort >= 1, f"max_cohort must be >= 1 (got {self.max_cohort})"),
+                  (self.num_cpus > 0, f"num_cpus must be > 0 (got {self.num_cpus:g})"),
+                  (self.num_gpus >= 0, f"num_gpus must be >= 0 (got {self.num_gpus:g})")]
+        return [message for ok, message in checks if not ok]
+
+
+@dataclass(frozen=True)
+class SweepKeys:
+    """The keys that say what a sweep runs (besides the pair keys, which the top level may give for one pair).
+
+    Attributes:
+        dataset: registered dataset name.
+        pairs: the pair entries (each a mapping of :data:`PAIR_KEYS` and budget keys).
+        methods: method names, or names mapped to parameter grids.
+        seeds: the student seeds.
+        plugins: method plugin files (relative paths start in the spec's folder).
+        tune: read by ``kdbench tune`` (see :mod:`kdbench.tune`); ``kdbench sweep`` trains the default configurations.
+    """
+
+    dataset: str
+    pairs: list
+    methods: dict
+    seeds: tuple[int, ...] = (dataclass_defaults(RunSpec)["seed"],)
+    plugins: tuple[str, ...] = ()
+    tune: dict = field(default_factory=dict)
+
+
+def schema_types(cls: type, leave_out: Sequence[str] = ()) -> dict[str, Any]:
+    """The keys a schema dataclass declares, with their types."""
+    return {name: tp for name, tp in dataclass_field_types(cls).items() if name not in leave_out}
+
+
+#: the training-budget keys
+BUDGET_KEYS: tuple[str, ...] = tuple(schema_types(RunBudget))
+#: keys of a pair entry besides the budget keys
+PAIR_KEYS: dict[str, Any] = schema_types(PairEntry, leave_out=("budget",))
+#: keys that say where and how runs execute
+EXECUTION_KEYS: dict[str, Any] = schema_types(ExecutionSettings)
+#: the other top-level keys (``teacher``, ``student`` and ``teacher_ckpt`` there are a one-pair shorthand)
+SWEEP_KEYS: dict[str, Any] = {**schema_types(SweepKeys), **PAIR_KEYS}
+#: the defaults of the execution keys
+EXECUTION_DEFAULTS: dict[str, Any] = dataclass_defaults(ExecutionSettings)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,6 +278,10 @@ def _read_spec_text(name: str) -> tuple[str, Path]:
     if stem in shipped and "/" not in name:
         entry = resources.files("kdbench").joinpath(*PACKAGED_CONFIGS, f"{stem}.yaml")
         return entry.read_text(encoding="utf-8"), Path.cwd()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.yaml"))
+        hint = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
+        raise ConfigError(f"sweep spec {name} is a folder, not a file; name a spec file{hint}")
     close = difflib.get_close_matches(stem, list(shipped), n=1)
     hint = (f"; did you mean the shipped spec {close[0]!r}?" if close
             else f"; shipped specs: {', '.join(shipped)}" if shipped else "")
@@ -226,8 +301,6 @@ def load_sweep_spec(name: str | Path, extra_plugins: Sequence[str] = ()) -> Swee
         SpecError: every problem of the spec, one line each.
         ConfigError: the file cannot be found or read.
     """
-    import yaml
-
     text, base_dir = _read_spec_text(str(name))
     try:
         data = yaml.safe_load(text)
@@ -285,8 +358,6 @@ class _SpecChecker:
         self.source = source
         self.base_dir = base_dir
         self.problems: list[str] = []
-        self.defaults = run_command_defaults()
-        self.budget_types = {k: t for k, t in dataclass_field_types(RunSpec).items() if k in BUDGET_KEYS}
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
@@ -326,23 +397,29 @@ class _SpecChecker:
         path = Path(raw).expanduser()
         return str(path if path.is_absolute() else (self.base_dir / path).resolve())
 
-    def budget(self, mapping: Mapping[str, Any], where: str) -> dict[str, Any]:
+    def section(self, mapping: Mapping[str, Any], schema: type, where: str) -> dict[str, Any]:
+        """The keys of ``mapping`` that schema dataclass ``schema`` declares, each coerced to its field's type.
+
+        ``where`` prefixes the key in messages (``pairs[0].``); a value of the wrong type is a problem and left out.
+        """
         out = {}
-        for key in BUDGET_KEYS:
+        for key, tp in schema_types(schema).items():
             if key in mapping:
-                ok, value = self.value(mapping[key], self.budget_types[key], f"{where}{key}")
+                ok, value = self.value(mapping[key], tp, f"{where}{key}")
                 if ok:
                     out[key] = value
         return out
 
-    def probe_budget(self, budget: Mapping[str, Any], where: str) -> bool:
-        """Check the budget's numbers with RunSpec's own validation; whether they pass."""
-        try:
-            RunSpec(dataset="probe", student="probe", method="ce", teacher="probe", **budget)
-        except (ConfigError, TypeError) as err:
-            self.problem(f"{where}{err}")
-            return False
-        return True
+    def settle(self, schema: type, values: Mapping[str, Any], where: str) -> bool:
+        """Build ``schema`` from ``values`` (its defaults where they say nothing) and record its problems.
+
+        Returns:
+            whether there were none.
+        """
+        problems = schema(**values).problems()
+        for message in problems:
+            self.problem(f"{where}{message}")
+        return not problems
 
     # -- the spec ------------------------------------------------------------------------------------------------
 
@@ -356,23 +433,21 @@ class _SpecChecker:
         self.unknown_keys(data, [*SWEEP_KEYS, *BUDGET_KEYS, *EXECUTION_KEYS], "")
         plugins = self.plugins(data, extra_plugins)
         dataset = self.dataset(data)
-        budget = {**{k: self.defaults[k] for k in BUDGET_KEYS}, **self.budget(data, "")}
+        budget = {**dataclass_defaults(RunBudget), **self.section(data, RunBudget, "")}
         execution = self.execution(data)
         seeds = self.seeds(data)
         methods = self.methods(data.get("methods"))
         pairs = self.pairs(data)
-        if self.probe_budget(budget, ""):
+        if self.settle(RunBudget, budget, ""):
             for number, pair in enumerate(pairs):
                 if pair.budget:
-                    self.probe_budget({**budget, **pair.budget}, f"pairs[{number}]: ")
+                    self.settle(RunBudget, {**budget, **pair.budget}, f"pairs[{number}]: ")
         if dataset is None or self.problems:
             return None
         return SweepSpec(source=self.source, dataset=dataset, pairs=tuple(pairs), methods=tuple(methods),
                          seeds=seeds, budget=budget, plugins=tuple(plugins), execution=execution)
 
     def plugins(self, data: Mapping[str, Any], extra: Sequence[str]) -> list[str]:
-        from kdbench.distiller import discover_methods, load_plugin_file
-
         discover_methods()
         paths = list(extra)
         if "plugins" in data:
@@ -386,8 +461,6 @@ class _SpecChecker:
         return list(dict.fromkeys(paths))
 
     def dataset(self, data: Mapping[str, Any]) -> str | None:
-        from kdbench.data import DATASETS
-
         if "dataset" not in data:
             self.problem("missing key 'dataset' (a registered dataset, e.g. digits; see `kdbench list datasets`)")
             return None
@@ -402,25 +475,16 @@ class _SpecChecker:
         return name
 
     def execution(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        out = {}
-        for key, tp in EXECUTION_KEYS.items():
-            if key in data:
-                ok, value = self.value(data[key], tp, key)
-                if not ok:
-                    continue
-                if key == "data_root" and value is not None:
-                    value = self.path(value)
-                if key == "max_cohort" and value < 1:
-                    self.problem(f"max_cohort must be >= 1 (got {value})")
-                elif key in ("num_cpus", "num_gpus") and (value < 0 or (key == "num_cpus" and value == 0)):
-                    self.problem(f"{key} must be {'> 0' if key == 'num_cpus' else '>= 0'} (got {value:g})")
-                else:
-                    out[key] = value
+        """The execution keys the spec sets (``data_root`` made absolute)."""
+        out = self.section(data, ExecutionSettings, "")
+        if out.get("data_root") is not None:
+            out["data_root"] = self.path(out["data_root"])
+        self.settle(ExecutionSettings, out, "")
         return out
 
     def seeds(self, data: Mapping[str, Any]) -> tuple[int, ...]:
         if "seeds" not in data:
-            return tuple(self.defaults["seeds"])
+            return dataclass_defaults(SweepKeys)["seeds"]
         ok, seeds = self.value(data["seeds"], SWEEP_KEYS["seeds"], "seeds")
         if not ok:
             return ()
@@ -458,9 +522,6 @@ class _SpecChecker:
         return [entry for entry in (self.method(*e) for e in entries) if entry is not None]
 
     def method(self, name: Any, grid: Any, where: str) -> tuple[str, dict[str, Any]] | None:
-        from kdbench.config import build_params
-        from kdbench.distiller import get_method
-
         if not isinstance(name, str):
             self.problem(f"{where}: a method name must be a string (got {name!r})")
             return None
@@ -519,8 +580,6 @@ class _SpecChecker:
         return []
 
     def pair(self, item: Any, where: str, defaults: Mapping[str, Any]) -> PairEntry | None:
-        from kdbench.models import check_model_name
-
         prefix = f"{where}." if where else ""
         if not isinstance(item, dict):
             self.problem(f"{where} must be a mapping like {{teacher: MODEL, student: MODEL}} (got {item!r})")
@@ -546,7 +605,7 @@ class _SpecChecker:
             fields["teacher_ckpt"] = self.checkpoint(fields["teacher_ckpt"], f"{prefix}teacher_ckpt")
             if fields["teacher"] is None:
                 self.problem(f"{prefix}teacher_ckpt: a checkpoint needs the teacher's model name (teacher: MODEL)")
-        budget = self.budget(item, prefix) if where else {}
+        budget = self.section(item, RunBudget, prefix) if where else {}
         if len(self.problems) > before:
             return None
         return PairEntry(teacher=fields["teacher"], student=fields["student"], teacher_ckpt=fields["teacher_ckpt"],
@@ -554,8 +613,6 @@ class _SpecChecker:
 
     def checkpoint(self, raw: str, where: str) -> str:
         """The checkpoint's absolute path, after checking it exists and holds a readable state dict."""
-        from kdbench.teachers import read_state_dict
-
         path = self.path(raw)
         if not Path(path).is_file():
             self.problem(f"{where}: teacher checkpoint not found: {raw}")
@@ -571,18 +628,17 @@ class _SpecChecker:
 # Expansion
 
 
-def expand_sweep(spec: SweepSpec) -> list[RunSpec]:
+def expand_sweep(spec: SweepSpec, data_root: str | None = None) -> list[RunSpec]:
     """Pairs x methods x parameter grid x seeds as run specs, de-duplicated by run id, in a stable order.
 
     The run ids are those ``kdbench run`` gives the same runs: a teacher-free method (``ce``) gets one run per
-    student and budget, shared by every pair with that student.
+    student and budget, shared by every pair with that student. A dataset read from disk is fingerprinted under
+    ``data_root`` (default: the spec's ``data_root``, else ``$KDBENCH_DATA``).
 
     Raises:
         SpecError: combinations that cannot be run (a method needing a teacher on a teacher-less pair, parameter
             values a method rejects together), one line each.
     """
-    from kdbench.plan import expand
-
     specs: dict[str, RunSpec] = {}
     problems: list[str] = []
     for number, pair in enumerate(spec.pairs):
@@ -591,7 +647,8 @@ def expand_sweep(spec: SweepSpec) -> list[RunSpec]:
             try:
                 expanded = expand(dataset=spec.dataset, pairs=[(pair.teacher, pair.student)], methods={method: grid},
                                   seeds=list(spec.seeds), grid=True, teacher_ckpts=ckpts,
-                                  teacher_pretrained=pair.teacher_pretrained, **spec.pair_budget(pair))
+                                  teacher_pretrained=pair.teacher_pretrained,
+                                  data_root=data_root or spec.execution.get("data_root"), **spec.pair_budget(pair))
             except KDBenchError as err:
                 problems.append(f"pairs[{number}] ({pair.label}), method {method}: {err}")
                 continue
@@ -603,270 +660,47 @@ def expand_sweep(spec: SweepSpec) -> list[RunSpec]:
 
 
 def check_sweep_data(spec: SweepSpec, data_root: str | None, download: bool) -> None:
-    """Check that the dataset can be found (and read) under every data setting the sweep uses.
+    """Check the dataset and the models: each data setting is readable, and each pair's models can process it.
+
+    The dataset must be found (and read) under every data setting the sweep uses, and every model of every pair
+    must be built for, and run on, that data's input (channels and image size). Only the models the runs use are
+    checked: a pair's teacher only when one of the methods needs a teacher.
 
     Raises:
-        SpecError: one line per data setting that fails.
+        SpecError: one line per data setting that fails, then one per pair whose model cannot process its input.
     """
-    from kdbench.data import DataConfig, describe_dataset
-
-    settings = {}
-    for pair in spec.pairs:
+    settings: dict[str, tuple[DataConfig, list[tuple[int, PairEntry]]]] = {}
+    for number, pair in enumerate(spec.pairs):
         budget = spec.pair_budget(pair)
         config = DataConfig(name=spec.dataset, root=data_root, download=download, val_fraction=budget["val_fraction"],
                             image_size=budget["image_size"], options=dict(budget["data_options"]))
-        settings.setdefault(repr(config), config)
+        settings.setdefault(repr(config), (config, []))[1].append((number, pair))
+    uses_teacher = any(get_method(method).needs_teacher for method, _ in spec.methods)
     problems = []
-    for config in settings.values():
+    checked: dict[tuple[str, int, int, int], str | None] = {}
+    for config, pairs in settings.values():
         try:
-            describe_dataset(config)
+            info = describe_dataset(config)
         except KDBenchError as err:
             problems.append(f"dataset: {err}")
+            continue
+        for number, pair in pairs:
+            for role, model in (("teacher", pair.teacher if uses_teacher else None), ("student", pair.student)):
+                if model is None:
+                    continue
+                key = (model, info.in_chans, info.image_size, info.num_classes)
+                if key not in checked:
+                    checked[key] = _input_problem(model, info.in_chans, info.image_size, info.num_classes)
+                if checked[key]:
+                    problems.append(f"pairs[{number}] ({pair.label}): {role} {checked[key]}")
     if problems:
         raise SpecError(spec.source, problems)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The plan, in words
-
-
-def teacher_status(specs: Sequence[RunSpec], plan: Plan, teacher_dir: Path) -> list[dict[str, Any]]:
-    """Every teacher kdbench trains for ``specs``: its key, model, budget, state and how many runs need it.
-
-    ``state`` is ``cached`` (a complete cache entry whose hash matches), ``to train`` (pending runs need it) or
-    ``not needed`` (its runs are done).
-    """
-    from kdbench.teachers import teacher_key
-
-    pending = {s.run_id for s in plan.pending}
-    rows: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        if spec.teacher is None or spec.teacher_source != "trained":
-            continue
-        key = teacher_key(spec)
-        row = rows.setdefault(key, {"key": key, "teacher": spec.teacher, "dataset": spec.dataset,
-                                    "epochs": spec.teacher_epochs, "seed": spec.teacher_seed, "runs": 0,
-                                    "pending_runs": 0})
-        row["runs"] += 1
-        row["pending_runs"] += spec.run_id in pending
-    for row in rows.values():
-        if teacher_cached(teacher_dir, row["key"]):
-            row["state"] = "cached"
-        else:
-            row["state"] = "to train" if row["pending_runs"] else "not needed"
-    return list(rows.values())
-
-
-def teacher_cached(teacher_dir: Path, key: str) -> bool:
-    """Whether the teacher cache holds a complete entry for ``key`` whose weights match the recorded hash."""
-    from kdbench.teachers import verified_cache_sha256
-
-    return verified_cache_sha256(teacher_dir, key) is not None
-
-
-def plan_headline(spec: SweepSpec, specs: Sequence[RunSpec], plan: Plan) -> str:
-    """One line: how many runs, how many to train, done and failed."""
-    text = (f"sweep {spec.source}: {len(specs)} runs: {len(plan.pending)} to train in {len(plan.cohorts)} "
-            f"cohort{'s' * (len(plan.cohorts) != 1)}, {len(plan.done)} already done")
-    if plan.failed:
-        text += f", {len(plan.failed)} failed before (--retry-failed runs them again)"
-    return text
-
-
-def describe_plan(spec: SweepSpec, specs: Sequence[RunSpec], plan: Plan, options: ExecOptions) -> list[str]:
-    """The ``--dry-run`` report: the headline, the teachers and every run with its state."""
-    lines = [plan_headline(spec, specs, plan)]
-    teachers = teacher_status(specs, plan, options.teacher_dir)
-    counts = {state: sum(t["state"] == state for t in teachers) for state in ("to train", "cached", "not needed")}
-    lines.append(f"teachers (cache {options.teacher_dir}): {counts['to train']} to train, {counts['cached']} cached"
-                 + (f", {counts['not needed']} not needed" if counts["not needed"] else ""))
-    for row in teachers:
-        lines.append(f"  {row['state']:<10} {row['teacher']} on {row['dataset']}, {row['epochs']} epochs, "
-                     f"seed {row['seed']}: {row['runs']} run{'s' * (row['runs'] != 1)} [{row['key']}]")
-    state = {s.run_id: "done" for s in plan.done} | {s.run_id: "failed" for s in plan.failed}
-    cohort_of = {s.run_id: n for n, cohort in enumerate(plan.cohorts, 1) for s in cohort}
-    lines.append("runs:")
-    for run in specs:
-        where = f"cohort {cohort_of[run.run_id]}" if run.run_id in cohort_of else state.get(run.run_id, "")
-        label = _run_label(run)
-        lines.append(f"  {where:<10} {run.run_id:<32} {label}")
-    return lines
-
-
-def _run_label(run: RunSpec) -> str:
-    from kdbench.config import build_params, method_label
-    from kdbench.distiller import get_method
-
-    cls = get_method(run.method)
-    name = method_label(run.method, build_params(cls.Params, run.method_params, run.method), cls.Params)
-    return f"{name:<16} {run.teacher or 'none'} -> {run.student}  seed {run.seed}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# kdbench sweep
-
-
-def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """The ``sweep`` subcommand."""
-    from kdbench.executors import EXECUTORS
-
-    p = subparsers.add_parser(
-        "sweep", help="run a leaderboard sweep from a YAML spec (pairs x methods x grids x seeds); resumable",
-        description="Expand a sweep spec (plain YAML; keys as the flags of `kdbench run`) into runs, train every "
-                    "run that is not in the results store yet, and print the leaderboard. Interrupt it at any "
-                    "moment and run the same command again to continue. SPEC is a YAML file or the name of a "
-                    "shipped spec (see --list-configs).",
-    )
-    p.add_argument("spec", nargs="?", metavar="SPEC", help="sweep spec: a YAML file or a shipped spec's name")
-    p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
-                   help="results store (default: %(default)s)")
-    p.add_argument("--teacher-cache", type=Path, metavar="DIR",
-                   help="where trained teachers are cached; share one between stores (default: RESULTS/teachers)")
-    p.add_argument("--executor", choices=EXECUTORS.names(), default="local",
-                   help="where runs execute: this process, or tasks on a Ray cluster (default: %(default)s)")
-    p.add_argument("--ray-address", metavar="ADDR",
-                   help="Ray cluster to connect to (default: $RAY_ADDRESS, else the cluster started on this "
-                        "machine, else a new local one)")
-    p.add_argument("--num-cpus", type=float, metavar="N", help="CPUs per Ray task (default: the spec's, else 1)")
-    p.add_argument("--num-gpus", type=float, metavar="N", help="GPUs per Ray task (default: the spec's, else 0)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the plan (runs, teachers to train, what is done) and train nothing")
-    p.add_argument("--retry-failed", action="store_true", help="run again the runs whose record says failed")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's, else auto)")
-    p.add_argument("--data-root", metavar="DIR", help="root of file-based datasets (default: the spec's, "
-                                                      "else $KDBENCH_DATA)")
-    p.add_argument("--download", action="store_true", default=None, help="download CIFAR when it is missing")
-    p.add_argument("--no-cohort", action="store_true", default=None,
-                   help="train runs one at a time instead of sharing each teacher pass")
-    p.add_argument("--max-cohort", type=int, metavar="N",
-                   help="the most runs trained together on one teacher pass (default: the spec's, else 8)")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
-                   help="load method plugins from a Python file; repeatable (besides the spec's plugins)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--list-configs", action="store_true", help="list the shipped sweep specs and exit")
-    p.set_defaults(handler=cmd_sweep)
-    return p
-
-
-@dataclass(frozen=True)
-class SweepSetup:
-    """Everything ``kdbench sweep`` decided before training: the spec, its runs, options and resources."""
-
-    spec: SweepSpec
-    runs: list[RunSpec]
-    options: ExecOptions
-    executor: str
-    num_cpus: float
-    num_gpus: float
-    ray_address: str | None
-
-
-def execution_settings(spec: SweepSpec, args: argparse.Namespace) -> dict[str, Any]:
-    """The execution keys: a command-line flag wins over the spec, the spec over the defaults of ``kdbench run``."""
-    defaults = run_command_defaults()
-    settings = {key: spec.execution.get(key, defaults[key]) for key in EXECUTION_KEYS}
-    flags = {"device": args.device, "data_root": args.data_root, "download": args.download,
-             "cohort": False if args.no_cohort else None, "max_cohort": args.max_cohort, "num_cpus": args.num_cpus,
-             "num_gpus": args.num_gpus}
-    settings.update({key: value for key, value in flags.items() if value is not None})
-    if settings["data_root"] is not None and args.data_root is not None:
-        settings["data_root"] = str(Path(args.data_root).expanduser().resolve())
-    if settings["max_cohort"] < 1:
-        raise ConfigError(f"--max-cohort must be >= 1 (got {settings['max_cohort']})")
-    if settings["num_cpus"] <= 0 or settings["num_gpus"] < 0:
-        raise ConfigError(f"CPUs per task must be > 0 and GPUs >= 0 (got {settings['num_cpus']:g}, "
-                          f"{settings['num_gpus']:g})")
-    return settings
-
-
-def prepare_sweep(args: argparse.Namespace) -> SweepSetup:
-    """Read, check and expand the spec; build the execution options. Writes nothing.
-
-    Raises:
-        SpecError: the spec's problems (all of them) or its data's.
-        ConfigError: a bad flag.
-    """
-    from kdbench.engine import ExecOptions
-    from kdbench.env import resolve_device
-
-    spec = load_sweep_spec(args.spec, extra_plugins=args.plugin)
-    runs = expand_sweep(spec)
-    settings = execution_settings(spec, args)
-    check_sweep_data(spec, settings["data_root"], settings["download"])
-    if args.executor == "local":
-        resolve_device(settings["device"])
-    elif args.executor == "ray":
-        from kdbench.executors import import_ray
-
-        import_ray()
-    options = ExecOptions(
-        results=args.results.expanduser().resolve(),
-        teacher_cache=args.teacher_cache.expanduser().resolve() if args.teacher_cache else None,
-        device=settings["device"], data_root=settings["data_root"], download=settings["download"],
-        cohort=settings["cohort"], max_cohort=settings["max_cohort"], retry_failed=args.retry_failed,
-        progress=not args.no_progress,
-    )
-    return SweepSetup(spec=spec, runs=runs, options=options, executor=args.executor, num_cpus=settings["num_cpus"],
-                      num_gpus=settings["num_gpus"], ray_address=args.ray_address)
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """``kdbench sweep``: check the spec, print the plan, execute what is not done, print the leaderboard."""
-    if args.list_configs:
-        for name, description in packaged_configs().items():
-            print(f"{name:<16} {description}")
-        return 0
-    if not args.spec:
-        raise ConfigError("name a sweep spec: kdbench sweep SPEC.yaml (or a shipped spec, see --list-configs)")
+def _input_problem(model: str, in_chans: int, image_size: int, num_classes: int) -> str | None:
+    """Why ``model`` cannot be built for, or run on, ``in_chans`` x ``image_size`` inputs; ``None`` if it can."""
     try:
-        setup = prepare_sweep(args)
-    except SpecError as err:
-        for line in err.lines:
-            print(f"kdbench: error: {line}", file=sys.stderr)
-        return 2
-    from kdbench.engine import make_plan
-
-    plan = make_plan(setup.runs, setup.options)
-    if args.dry_run:
-        print("\n".join(describe_plan(setup.spec, setup.runs, plan, setup.options)))
-        return 0
-    return execute_sweep(setup, plan)
-
-
-def execute_sweep(setup: SweepSetup, plan: Plan, write: Callable[[str], None] | None = None) -> int:
-    """Train the plan's pending cohorts with the chosen executor; print the outcome and the leaderboard.
-
-    Returns:
-        0 when every run of the sweep is ``ok`` (or still being trained by another process), else 1.
-    """
-    from kdbench.executors import EXECUTORS, RunBar, SweepJob
-    from kdbench.results import read_record, records_frame
-
-    note = write or (lambda line: print(f"kdbench: {line}", file=sys.stderr))
-    teachers = teacher_status(setup.runs, plan, setup.options.teacher_dir)
-    to_train = [t for t in teachers if t["state"] == "to train"]
-    note(plan_headline(setup.spec, setup.runs, plan)
-         + (f"; {len(to_train)} teacher{'s' * (len(to_train) != 1)} to train" if to_train else ""))
-    job = SweepJob(cohorts=plan.cohorts, options=setup.options, plugins=setup.spec.plugins, num_cpus=setup.num_cpus,
-                   num_gpus=setup.num_gpus, ray_address=setup.ray_address)
-    executor = EXECUTORS.get(setup.executor)()
-    with RunBar(total=len(plan.pending), enabled=setup.options.progress) as bar:
-        outcome = executor.run(job, bar)
-    records = [r for r in (read_record(setup.options.results, s.run_id) for s in setup.runs) if r is not None]
-    ok = sum(r.get("status") == "ok" for r in records)
-    failed = len(records) - ok
-    missing = len(setup.runs) - len(records)
-    summary = f"sweep {setup.spec.source}: {ok} of {len(setup.runs)} runs ok"
-    if failed:
-        summary += f", {failed} failed (kdbench sweep --retry-failed runs them again)"
-    if missing:
-        summary += (f", {missing} not finished (claimed by another process, or skipped after a teacher failed; "
-                    "run the same command again to continue)")
-    for problem in outcome.problems:
-        note(f"error: {problem}")
-    note(summary)
-    if records:
-        from kdbench.report import console_leaderboard
-
-        print(console_leaderboard(records_frame(records)))
-    return 1 if failed or outcome.problems else 0
+        create_model(model, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+    except ModelError as err:
+        return str(err)
+    return None

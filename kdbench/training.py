@@ -666,7 +666,8 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                 batch = next(batches)
             except StopIteration:
                 break
-            batch = Batch(*distributed.shard(batch.images, batch.labels, batch.indices))
+            if not splits.shards_train_batches:
+                batch = Batch(*distributed.shard(batch.images, batch.labels, batch.indices))
             active = [m for m in members if m.active]
             if not active:
                 clock.settle()

@@ -5,8 +5,9 @@ import types
 import pytest
 import torch
 
-from kdbench import bench
-from kdbench.bench import CSV_COLUMNS, add_bench_parser, parse_input_size, resolve_shape, run_bench
+from kdbench.cli import main
+from kdbench.commands import bench
+from kdbench.commands.bench import CSV_COLUMNS, add_parser, parse_input_size, resolve_shape, run_bench
 from kdbench.errors import ConfigError, KDBenchError, ModelError
 from kdbench.models import create_model
 
@@ -16,10 +17,11 @@ FAST = ["--time-budget-s", "0.05", "--batch-size", "8", "--threads", "1"]
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``kdbench bench`` arguments the way the ``kdbench`` command does: as a subcommand."""
     parser = argparse.ArgumentParser(prog="kdbench")
-    add_bench_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(["bench", *argv])
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_writes_table_and_csv(tmp_path, capsys):
     out = tmp_path / "sub" / "bench.csv"
     args = parse(["test_resnet", "resnet18", "--input-size", "32", "--num-classes", "10", "--out", str(out), *FAST])
@@ -59,8 +61,8 @@ def test_unknown_model_is_a_model_error_before_any_measurement(capsys):
     assert capsys.readouterr().out == ""  # nothing was measured or printed
 
 
-def test_module_entry_point_exits_2_with_one_line(capsys):
-    assert bench.main(["no_such_model_xyz", "--input-size", "32"]) == 2
+def test_bench_subcommand_exits_2_with_one_line(capsys):
+    assert main(["bench", "no_such_model_xyz", "--input-size", "32"]) == 2
     stderr = capsys.readouterr().err
     assert stderr.strip().count("\n") == 0
     assert stderr.startswith("kdbench: error: unknown model 'no_such_model_xyz'")
@@ -119,9 +121,7 @@ def test_dataset_description_is_used(monkeypatch):
         seen.append((config.name, config.root))
         return types.SimpleNamespace(in_chans=2, image_size=20, num_classes=4)
 
-    import kdbench.data
-
-    monkeypatch.setattr(kdbench.data, "describe_dataset", describe_dataset)
+    monkeypatch.setattr(bench, "describe_dataset", describe_dataset)
     assert resolve_shape(parse(["m", "--dataset", "anything", "--data-root", "/data"])) == (2, 20, 4)
     assert seen == [("anything", "/data")]
 
@@ -131,6 +131,7 @@ def test_unknown_dataset_is_a_config_error():
         run_bench(parse(["test_resnet", "--dataset", "cifar1000"]))
 
 
+@pytest.mark.slow
 def test_bench_uses_dataset_in_end_to_end_run(capsys, monkeypatch):
     monkeypatch.setattr(bench, "DEFAULT_BATCH_SIZE", {"cpu": 4, "cuda": 4})
     assert run_bench(parse(["test_resnet", "--dataset", "mnist5k", "--time-budget-s", "0.05", "--threads", "1"])) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,7 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_run_end_to_end_with_a_plugin_then_resume(tiny_run_args, results, capsys, tmp_path, method_sandbox):
     plugin = tmp_path / "soft_ce.py"
     plugin.write_text(PLUGIN)
@@ -136,10 +138,21 @@ def test_list_commands(capsys):
     assert out.split() == ["cifar_resnet8", "cifar_resnet8x4"]
 
 
-def test_console_script_is_installed():
-    exe = shutil.which("kdbench")
-    cmd = [exe] if exe else [sys.executable, "-m", "kdbench"]
-    done = subprocess.run(cmd + ["list", "methods", "kd"], capture_output=True, text=True, timeout=120)
+def test_the_console_script_is_declared_as_the_cli_entry_point():
+    (script,) = importlib.metadata.entry_points(group="console_scripts", name="kdbench")
+    assert script.value == "kdbench.cli:main" and script.load() is main
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ["console script", "python -m kdbench"])
+def test_both_entry_points_run_the_command(entry):
+    if entry == "console script":
+        exe = shutil.which("kdbench")
+        assert exe is not None, "the kdbench console script is not installed (pip install -e .)"
+        cmd = [exe]
+    else:
+        cmd = [sys.executable, "-m", "kdbench"]
+    done = subprocess.run(cmd + ["list", "methods", "kd"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("kd")
-    bad = subprocess.run(cmd + ["run", "--method", "nope"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(cmd + ["run", "--method", "nope"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "unknown method 'nope'" in bad.stderr

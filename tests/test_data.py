@@ -28,7 +28,7 @@ from kdbench.data import (
 )
 from kdbench.errors import ConfigError, DataError
 
-BUILT_IN = {"digits", "mnist5k", "cifar10", "cifar100", "imagefolder", "synthetic"}
+BUILT_IN = {"digits", "mnist5k", "cifar10", "cifar100", "imagefolder", "imagenet", "synthetic"}
 
 # ------------------------------------------------------------------------------------------------------------------
 # Source data, built here independently of kdbench.data
@@ -169,6 +169,12 @@ def imagefolder_case(tmp_path: Path) -> Case:
     return Case(config, 3, 3, 8, True, 0, 255.0, train, val)
 
 
+def imagenet_case(tmp_path: Path) -> Case:
+    train, val = write_image_folder(tmp_path)
+    config = DataConfig("imagenet", root=str(tmp_path), image_size=8, options={"workers": 0})
+    return Case(config, 3, 3, 8, True, 0, 255.0, train, val)
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
     "digits": digits_case,
     "mnist5k": mnist_case,
@@ -176,10 +182,13 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "cifar100": cifar100_case,
     "synthetic": synthetic_case,
     "imagefolder": imagefolder_case,
+    "imagenet": imagenet_case,
 }
 
 
-@pytest.fixture(params=DATASETS.names())
+# mnist5k's 5,000 images take seconds to parse: its cases run in the full lane only (`-m slow` or no marker filter)
+@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.slow) if name == "mnist5k" else name
+                        for name in DATASETS.names()])
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
     if request.param not in CASES:
         pytest.fail(f"dataset {request.param!r} is registered but has no test case in tests/test_data.py")
@@ -283,7 +292,7 @@ def test_loads_with_the_right_info(case: Case) -> None:
 
 def test_splits_are_disjoint_and_cover_the_data(case: Case) -> None:
     splits = load_dataset(case.config)
-    if case.config.name == "imagefolder":
+    if case.config.name in ("imagefolder", "imagenet"):
         seen = {split: folder_items(splits, split) for split in ("train", "val", "test")}
     else:
         seen = {split: split_items(splits, split, case.pixel_max) for split in ("train", "val", "test")}

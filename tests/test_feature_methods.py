@@ -298,6 +298,7 @@ class PlainMLP(torch.nn.Module):
         return self.fc(x.flatten(1))
 
 
+@pytest.mark.slow
 def test_a_student_without_taps_is_recorded_failed_with_the_one_line_error(results, monkeypatch):
     from kdbench import training
     from kdbench.engine import ExecOptions, execute

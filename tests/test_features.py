@@ -252,6 +252,7 @@ def test_forward_with_features_is_one_forward_pass_with_the_model_logits(tiny_mo
         torch.testing.assert_close(logits, model(x))
 
 
+@pytest.mark.slow
 def test_forward_with_features_runs_to_the_logits_when_the_model_would_stop_early():
     # Hiera's forward_intermediates stops after the deepest requested stage unless told otherwise
     torch.manual_seed(0)

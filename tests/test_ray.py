@@ -17,7 +17,7 @@ from kdbench.plan import expand
 from kdbench.results import iter_records
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 PID_PLUGIN = '''\
 """A test method: cross-entropy that notes the process it trains in."""
@@ -50,9 +50,6 @@ class PidLog(Distiller):
 '''
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(one_torch_thread):
     """A fresh local Ray instance with 2 CPUs (never one that happens to run on this machine); its GCS address."""
@@ -61,6 +58,7 @@ def ray_cluster(one_torch_thread):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     temp_dir = tempfile.mkdtemp(prefix="kdray", dir="/tmp")  # short: Ray's socket paths have a length limit
     context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                       _node_ip_address="127.0.0.1",  # loopback only: nothing leaves this machine
                        _temp_dir=temp_dir)
     yield context.address_info["gcs_address"]
     ray.shutdown()

@@ -24,6 +24,7 @@ from kdbench.plan import expand, make_spec, plan_cohorts
 from kdbench.results import load
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
 from tests.golden.cases import DATA, STUDENT, build, golden_path, step_for
+from tests.golden.cases import previous_generation as golden_previous_generation
 
 BornAgain, BeYourOwnTeacher, TeacherFreeKD = get_method("ban"), get_method("byot"), get_method("tfkd")
 BUDGET = dict(epochs=1, teacher_epochs=1, batch_size=64, lr=0.05)
@@ -299,7 +300,11 @@ def test_golden_values_agree_with_the_numpy_references():
     z, y = numpy(step.student_logits), step.labels.numpy()
     ce, reg = reference_tfkd(z, y, 0.99, 20.0, 0.1, 1.0)
     assert golden["tfkd"] == pytest.approx({"loss_ce": ce, "loss_reg": reg}, rel=1e-5)
-    assert golden["ban"] == pytest.approx({"loss_ce": cross_entropy(z, y)}, rel=1e-6)  # generation 0
+    previous = numpy(golden_previous_generation()(step.images))  # the golden cases' frozen generation 0
+    assert golden["ban"] == pytest.approx({
+        "loss_ce": cross_entropy(z, y),  # generation 0: plain cross-entropy
+        "generation_1.loss_kd": kl(np.exp(log_softmax(previous)), log_softmax(z)),  # T = 1, labels unweighted
+    }, rel=1e-5)
     byot = build("byot")
     step = step_for(byot)
     exits = byot.exit_outputs(step.student_features)
@@ -354,6 +359,7 @@ def teacher_free_run(tmp_path_factory):
     return {"records": {r["method"]: r for r in records}, "results": results, "generations": generations}
 
 
+@pytest.mark.slow
 def test_teacher_free_records_have_no_teacher(teacher_free_run):
     records = teacher_free_run["records"]
     assert sorted(records) == ["ban", "byot", "tfkd"]
@@ -365,6 +371,7 @@ def test_teacher_free_records_have_no_teacher(teacher_free_run):
     assert not (teacher_free_run["results"] / "teachers").exists()
 
 
+@pytest.mark.slow
 def test_byot_record_has_every_exit_and_counts_its_heads_apart(teacher_free_run):
     record = teacher_free_run["records"]["byot"]
     student = create_model(TINY_STUDENT, **DIGITS)
@@ -382,12 +389,14 @@ def test_byot_record_has_every_exit_and_counts_its_heads_apart(teacher_free_run)
     assert {"loss_ce", "loss_exit_ce", "loss_exit_kd", "loss_exit_hint"} <= set(record["history"][0])
 
 
+@pytest.mark.slow
 def test_tfkd_record_has_its_terms_and_no_extras(teacher_free_run):
     record = teacher_free_run["records"]["tfkd"]
     assert record["extra_params_m"] == 0 and "exit_top1" not in record and "generation_top1" not in record
     assert {"loss_ce", "loss_reg"} <= set(record["history"][0])
 
 
+@pytest.mark.slow
 def test_ban_record_keeps_each_generation(teacher_free_run):
     record = teacher_free_run["records"]["ban"]
     assert len(record["generation_top1"]) == 2 and record["top1"] == record["generation_top1"][-1]
@@ -396,6 +405,7 @@ def test_ban_record_keeps_each_generation(teacher_free_run):
     assert record["extra_params_m"] == 0
 
 
+@pytest.mark.slow
 def test_ban_generations_are_different_students(teacher_free_run):
     (gen,) = teacher_free_run["generations"]
     assert gen["previous_in_method"] is gen["trained"] and gen["next"] is not gen["trained"]
@@ -407,6 +417,7 @@ def test_ban_generations_are_different_students(teacher_free_run):
     assert len(gen["previous_calls"]) == train_steps_per_epoch()  # generation 1 ran generation 0 at every step
 
 
+@pytest.mark.slow
 def test_self_distillation_sits_next_to_teacher_based_runs(tmp_path, monkeypatch):
     from kdbench.report.aggregate import leaderboard
 

@@ -259,9 +259,9 @@ def test_a_pair_that_cannot_process_the_input_is_a_spec_problem_before_any_run(t
 
 
 def test_unknown_executor_and_missing_spec_are_rejected(tmp_path, capsys):
-    assert EXECUTORS.names() == ["local", "ray"]
-    assert main(["sweep", "x.yaml", "--executor", "slurm"]) == 2
-    assert "invalid choice: 'slurm'" in capsys.readouterr().err
+    assert EXECUTORS.names() == ["local", "ray", "slurm"]
+    assert main(["sweep", "x.yaml", "--executor", "pbs"]) == 2
+    assert "invalid choice: 'pbs'" in capsys.readouterr().err
     code, _, err = sweep([tmp_path / "absent.yaml"], capsys)
     assert code == 2 and "sweep spec not found" in err
 

@@ -153,6 +153,16 @@ def test_list_models_lists_the_whole_zoo():
     assert sorted(kdbench.zoo.ZOO_MODELS) == sorted(ZOO_NAMES)
 
 
+def test_zoo_modules_keep_apart_from_timms_own():
+    """The zoo registers under modules of its own, so timm's listing of its ResNets and VGGs is timm's alone."""
+    for module in ("resnet", "vgg", "efficientnet", "mobilenetv3"):
+        assert not [name for name in timm.list_models(module=module) if name.startswith("cifar_")], module
+    zoo_by_module = {name: sorted(timm.list_models(module=name)) for name in (
+        "cifar_resnet", "cifar_wrn", "cifar_vgg", "cifar_mobilenetv2", "cifar_shufflenet")}
+    assert sorted(sum(zoo_by_module.values(), [])) == sorted(ZOO_NAMES)
+    assert "cifar_resnet8x4" in zoo_by_module["cifar_resnet"] and "cifar_vgg13" in zoo_by_module["cifar_vgg"]
+
+
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_pretrained_cfg_describes_cifar100(name):
     model = shared(name)

@@ -9,6 +9,7 @@ from kdbench.engine import ExecOptions, execute
 from kdbench.plan import expand
 
 
+@pytest.mark.slow
 def test_zoo_pair_runs_kd_and_fitnets_on_synthetic_32x32(tmp_path):
     specs = expand(dataset="synthetic", pairs=[("cifar_resnet14", "cifar_resnet8")],
                    methods={"ce": {}, "kd": {}, "fitnets": {}}, seeds=[0], epochs=2, teacher_epochs=1, batch_size=32,

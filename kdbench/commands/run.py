@@ -39,10 +39,10 @@ RUN_DEFAULTS = dataclass_defaults(RunSpec)
 QUICKSTART: dict[str, Any] = {
     "dataset": "mnist5k",
     "teacher": "resnet18",
-    "student": "mobilenetv3_small_050",
-    "methods": ("ce", "kd", "dkd", "dist", "fitnets"),
+    "student": "cifar_resnet8",
+    "methods": ("ce", "kd", "dkd"),
     "seeds": (0, 1),
-    "budget": {"image_size": 16, "epochs": 8, "batch_size": 64, "lr": 0.1, "warmup_epochs": 1,
+    "budget": {"image_size": 16, "epochs": 6, "batch_size": 64, "lr": 0.1, "warmup_epochs": 1,
                "teacher_epochs": 5},
 }
 ALL_METHODS = "all"

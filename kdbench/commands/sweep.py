@@ -20,7 +20,7 @@ from kdbench.distributed import world_from_env
 from kdbench.engine import ExecOptions
 from kdbench.env import resolve_device
 from kdbench.errors import ConfigError
-from kdbench.executors import EXECUTORS, RunBar, SweepJob, import_ray
+from kdbench.executors import EXECUTORS, RunBar, SweepJob, import_ray, import_submitit
 from kdbench.plan import Plan, make_plan
 from kdbench.report.console import console_leaderboard
 from kdbench.results import check_writable, read_record, records_frame
@@ -125,6 +125,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"CPUs per Ray task (default: the spec's, else {EXECUTION_DEFAULTS['num_cpus']:g})")
     p.add_argument("--num-gpus", type=float, metavar="N",
                    help=f"GPUs per Ray task (default: the spec's, else {EXECUTION_DEFAULTS['num_gpus']:g})")
+    p.add_argument("--gpus-per-run", type=int, default=1, metavar="N",
+                   help="--executor ray: train each cohort data-parallel on N Ray Train workers, one GPU each "
+                        "(CPU workers with --device cpu) (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (runs, teachers to train, what is done) and train nothing")
     add_store_flags(p, from_spec=True)
@@ -145,6 +148,7 @@ class SweepSetup:
     num_cpus: float
     num_gpus: float
     ray_address: str | None
+    gpus_per_run: int = 1
 
 
 def execution_settings(spec: SweepSpec, args: argparse.Namespace) -> dict[str, Any]:
@@ -181,6 +185,10 @@ def prepare_sweep(args: argparse.Namespace) -> SweepSetup:
         resolve_device(settings["device"])
     elif args.executor == "ray":
         import_ray()
+    elif args.executor == "slurm":
+        import_submitit()
+    if args.gpus_per_run < 1 or (args.gpus_per_run > 1 and args.executor != "ray"):
+        raise ConfigError(f"--gpus-per-run must be >= 1 and needs --executor ray above 1 (got {args.gpus_per_run})")
     options = ExecOptions(
         results=args.results.expanduser().resolve(),
         teacher_cache=args.teacher_cache.expanduser().resolve() if args.teacher_cache else None,
@@ -189,7 +197,7 @@ def prepare_sweep(args: argparse.Namespace) -> SweepSetup:
         progress=not args.no_progress, trackers=tuple(dict.fromkeys(args.trackers)), compile=settings["compile"],
     )
     return SweepSetup(spec=spec, runs=runs, options=options, executor=args.executor, num_cpus=settings["num_cpus"],
-                      num_gpus=settings["num_gpus"], ray_address=args.ray_address)
+                      num_gpus=settings["num_gpus"], ray_address=args.ray_address, gpus_per_run=args.gpus_per_run)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -227,7 +235,7 @@ def execute_sweep(setup: SweepSetup, plan: Plan, write: Callable[[str], None] | 
     note(plan_headline(setup.spec, setup.runs, plan)
          + (f"; {len(to_train)} teacher{'s' * (len(to_train) != 1)} to train" if to_train else ""))
     job = SweepJob(cohorts=plan.cohorts, options=setup.options, plugins=setup.spec.plugins, num_cpus=setup.num_cpus,
-                   num_gpus=setup.num_gpus, ray_address=setup.ray_address)
+                   num_gpus=setup.num_gpus, ray_address=setup.ray_address, gpus_per_run=setup.gpus_per_run)
     executor = EXECUTORS.get(setup.executor)()
     with RunBar(total=len(plan.pending), enabled=setup.options.progress) as bar:
         outcome = executor.run(job, bar)

@@ -107,9 +107,16 @@ class Batch:
 
 
 class Splits(ABC):
-    """A loaded dataset: its info and iterators over its train, val and test splits."""
+    """A loaded dataset: its info and iterators over its train, val and test splits.
+
+    Attributes:
+        info: the dataset's description.
+        shards_train_batches: under torchrun, ``train_batches`` yields only this process's share of each batch
+            (a loader that should not decode the others' images); otherwise the training loop takes the share.
+    """
 
     info: DatasetInfo
+    shards_train_batches: bool = False
 
     @abstractmethod
     def train_batches(self, batch_size: int, generator: torch.Generator, augment: bool = True) -> Iterator[Batch]:

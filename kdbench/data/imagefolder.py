@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdbench import distributed
 from kdbench.data.augment import Normalizer
 from kdbench.data.base import (
     SPLIT_NAMES,
@@ -200,7 +201,7 @@ class FolderSplits(Splits):
     Decoding, cropping and flipping run in the DataLoader's worker processes, off the training loop. Each split
     keeps one DataLoader for training passes and one for evaluation passes, with persistent workers (they start
     once, not every epoch), pinned memory and asynchronous copies when the device is a GPU, and ``prefetch``
-    batches in flight per worker.
+    batches in flight per worker. Under torchrun each process loads only its share of each training batch.
 
     Args:
         info: the dataset's info.
@@ -209,6 +210,8 @@ class FolderSplits(Splits):
         device: the data device.
         prefetch: batches each worker loads ahead.
     """
+
+    shards_train_batches = True
 
     def __init__(self, info: DatasetInfo, samples: Mapping[str, Sequence[tuple[str, int]]], workers: int,
                  device: torch.device, prefetch: int = 4) -> None:
@@ -232,7 +235,8 @@ class FolderSplits(Splits):
         seeds = torch.randint(0, 2**62, (count,), generator=epoch_generator).tolist() if augment else [-1] * count
         keys = list(zip(order, seeds, strict=True))
         batches = [keys[start:start + batch_size] for start in range(0, count, batch_size)]
-        yield from self._stream("train", batches[:train_batch_count(count, batch_size)], "train")
+        shares = [list(distributed.share(batch)) for batch in batches[:train_batch_count(count, batch_size)]]
+        yield from self._stream("train", shares, "train")
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         """See :meth:`Splits.eval_batches`."""

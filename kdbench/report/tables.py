@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from kdbench.report.aggregate import PAIR_KEY, pair_groups
-from kdbench.report.formatting import DASH, fixed, is_missing, mean_pm, signed_pm, significant
+from kdbench.report.formatting import DASH, NOT_SUPPORTED, fixed, is_missing, mean_pm, signed_pm, significant
 
 
 @dataclass
@@ -182,9 +182,11 @@ def frame_to_display(frame: pd.DataFrame, formats: dict[str, Any] | None = None)
 def leaderboard_display(table: pd.DataFrame, baseline: str = "ce") -> DisplayTable:
     """The leaderboard as a paper table: one row per pair and method variant, pairs separated by rules."""
     several_budgets = bool((table.groupby(["dataset", "teacher", "student"])["budget_key"].nunique() > 1).any())
+    tuned = "tuning" in table and bool((table["tuning"].fillna("defaults") != "defaults").any())
     header = ["Dataset", "Teacher", "Student"] + (["Budget"] if several_budgets else []) + [
-        "Method", "Top-1 (%)", "n", f"Δ vs {baseline}", "Agree (%)", "Top-5 (%)", "Params (M)", "Extra (M)",
-        "GMACs", "Train (s)", "Failed",
+        "Method"] + (["Tuning"] if tuned else []) + [
+        "Top-1 (%)", "n", f"Δ vs {baseline}", "Agree (%)", "Top-5 (%)", "Params (M)", "Extra (M)", "GMACs",
+        "Train (s)", "Failed",
     ]
     rows: list[list[str]] = []
     sort_values: list[list[Any]] = []
@@ -196,20 +198,27 @@ def leaderboard_display(table: pd.DataFrame, baseline: str = "ce") -> DisplayTab
         for _, row in pair_rows.iterrows():
             delta = DASH if row["is_baseline"] or row["n_paired"] == 0 else signed_pm(row["delta_top1"],
                                                                                      row["delta_top1_ci95"])
+            if delta != DASH and not row.get("delta_supported", False):
+                delta = f"{delta} {NOT_SUPPORTED}"
             cells = [str(row["dataset"]), str(row["teacher"]), str(row["student"])]
             raws: list[Any] = [row["dataset"], row["teacher"], row["student"]]
             if several_budgets:
                 cells.append(str(row["budget"]))
                 raws.append(row["budget"])
+            if tuned:  # the tuning budget of each row: defaults, or N trials
+                cells.append(str(row["method_label"]))
+                raws.append(row["method_label"])
             cells += [
-                str(row["method_label"]), mean_pm(row["top1_mean"], row["top1_std"]), str(row["n"]), delta,
+                str(row["tuning"]) if tuned else str(row["method_label"]),
+                mean_pm(row["top1_mean"], row["top1_std"]), str(row["n"]), delta,
                 fixed(row["agreement_mean"]), fixed(row["top5_mean"]), significant(row["params_m"]),
                 DASH if is_missing(row["extra_params_m"]) or row["extra_params_m"] == 0
                 else significant(row["extra_params_m"]),
                 significant(row["gmacs"]), significant(row["train_time_s_mean"]), str(row["n_failed"]),
             ]
             raws += [
-                row["method_label"], row["top1_mean"], row["n"], None if delta == DASH else row["delta_top1"],
+                row["tuning"] if tuned else row["method_label"], row["top1_mean"], row["n"],
+                None if delta == DASH else row["delta_top1"],
                 row["agreement_mean"], row["top5_mean"], row["params_m"], row["extra_params_m"], row["gmacs"],
                 row["train_time_s_mean"], row["n_failed"],
             ]
@@ -218,7 +227,7 @@ def leaderboard_display(table: pd.DataFrame, baseline: str = "ce") -> DisplayTab
             rows.append(cells)
             sort_values.append([None if is_missing(v) else v for v in raws])
         rules.add(len(rows) - 1)
-    method_column = header.index("Method")
+    method_column = header.index("Tuning" if tuned else "Method")
     align = ["l"] * (method_column + 1) + ["r"] * (len(header) - method_column - 1)
     return DisplayTable(header=[header], rows=rows, align=align, bold=bold, sort_values=sort_values,
                         rules_after=rules)

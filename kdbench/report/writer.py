@@ -16,13 +16,14 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kdbench.errors import ConfigError, DataError
+from kdbench.errors import DataError
 from kdbench.report import aggregate, figures, tables
 from kdbench.report.compare import published_comparison
+from kdbench.report.formats import ALL_FORMATS, parse_formats
+from kdbench.report.formatting import NOT_SUPPORTED_NOTE
 from kdbench.report.html import HtmlFigure, HtmlSection, render_page
 from kdbench.results import atomic_write_bytes
 
-ALL_FORMATS = ("md", "tex", "csv", "pdf", "png", "html")
 HTML_PNG_DPI = 150
 CSV_FLOAT_FORMAT = "%.10g"  # full precision without the float noise of means (72.29999999999998 -> 72.3)
 
@@ -34,16 +35,6 @@ class ReportFiles:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
-    """Check a format list (``"md,tex"`` or a sequence) against :data:`ALL_FORMATS`."""
-    items = [f.strip().lower() for f in (text.split(",") if isinstance(text, str) else text) if f.strip()]
-    unknown = [f for f in items if f not in ALL_FORMATS]
-    if unknown or not items:
-        raise ConfigError(f"unknown report format {', '.join(unknown) or '(none)'}; choose from "
-                          f"{','.join(ALL_FORMATS)}")
-    return tuple(dict.fromkeys(items))
 
 
 def file_stem(text: str) -> str:
@@ -105,10 +96,21 @@ def _crd_csv(display: tables.DisplayTable) -> pd.DataFrame:
     return pd.DataFrame([[row[0], *row[1:]] for row in raw], columns=columns)
 
 
+def tuned_rows_note(board: pd.DataFrame) -> str:
+    """`` Tuned rows (chosen hyperparameters): ...`` for a leaderboard with tuned rows, else ``""``."""
+    if "tuned_params" not in board:
+        return ""
+    tuned = board[board["tuned_params"].notna()].drop_duplicates(["method_label", "teacher", "student"])
+    if tuned.empty:
+        return ""
+    return " Tuned rows (chosen hyperparameters): " + "; ".join(
+        f"{row.method_label} ({row.teacher} → {row.student}): {row.tuned_params}" for row in tuned.itertuples()) + "."
+
+
 def _write_tables(writer: _Writer, frame: pd.DataFrame, board: pd.DataFrame, baseline: str) -> None:
     writer.table("leaderboard", "Leaderboard", tables.leaderboard_display(board, baseline), board, sortable=True,
                  note=f"Top-1 mean ± std over seeds (n runs); Δ vs {baseline} paired by seed, ± 95% CI; best per "
-                      "pair in bold. Click a header to sort.")
+                      f"pair in bold; {NOT_SUPPORTED_NOTE}. Click a header to sort." + tuned_rows_note(board))
     for name, display in tables.crd_tables(board, baseline):
         writer.table(f"table_{file_stem(name)}", f"{name}: top-1 (%) by pair", display, _crd_csv(display),
                      note="Teacher: the teacher's own accuracy; Student: trained with "
@@ -147,7 +149,7 @@ _COST_FIGURES = {
 def _write_figures(writer: _Writer, frame: pd.DataFrame, baseline: str) -> None:
     prepared = aggregate.prepare(frame)
     for dataset in sorted(prepared["dataset"].dropna().astype(str).unique()):
-        subset = frame[prepared["dataset"].astype(str).to_numpy() == dataset]
+        subset = frame[frame["dataset"].astype(str).to_numpy() == dataset]
         for cost, stem in _COST_FIGURES.items():
             writer.figure(f"{stem}_{file_stem(dataset)}",
                           lambda subset=subset, cost=cost: figures.plot_accuracy_vs_cost(subset, cost, baseline))
@@ -201,6 +203,9 @@ def write_report(
         writer.result.notes.append(f"baseline {baseline!r} has no runs in the store: Δ columns are empty")
     _write_tables(writer, frame, board, baseline)
     _write_figures(writer, frame, baseline)
+    from kdbench.report.tuning import write_tuning
+
+    write_tuning(writer, frame)
     if "html" in chosen:
         environment = aggregate.environment_summary(frame)
         environment_section = HtmlSection(

@@ -4,12 +4,13 @@ The classic CIFAR-100 KD architectures (CRD / RepDistiller code base, reused by 
 ``import kdbench.zoo``, ``timm.create_model("cifar_resnet8x4", num_classes=100)`` builds one, and every model
 implements timm's feature interface (``feature_info``, ``forward_intermediates``, ``prune_intermediate_layers``,
 ``forward_features`` / ``forward_head``, ``get_classifier`` / ``reset_classifier``, ``features_only=True``).
-No pretrained weights ship with the zoo.
+No pretrained weights ship with the zoo. The modules are named ``cifar_*`` so that timm's module listings keep
+apart: ``timm.list_models(module="cifar_resnet")`` lists the zoo's ResNets, ``module="resnet"`` only timm's own.
 """
 
 from __future__ import annotations
 
-from kdbench.zoo import mobilenetv2, resnet, shufflenet, vgg, wrn
+from kdbench.zoo import cifar_mobilenetv2, cifar_resnet, cifar_shufflenet, cifar_vgg, cifar_wrn
 from kdbench.zoo._base import CIFAR100_MEAN, CIFAR100_STD, CifarNet
 
 #: every model the zoo registers, in the order of the KD tables (students and teachers by family)
@@ -22,5 +23,6 @@ ZOO_MODELS: tuple[str, ...] = (
 )
 
 __all__ = [
-    "CIFAR100_MEAN", "CIFAR100_STD", "ZOO_MODELS", "CifarNet", "mobilenetv2", "resnet", "shufflenet", "vgg", "wrn",
+    "CIFAR100_MEAN", "CIFAR100_STD", "ZOO_MODELS", "CifarNet", "cifar_mobilenetv2", "cifar_resnet", "cifar_shufflenet",
+    "cifar_vgg", "cifar_wrn",
 ]

@@ -20,6 +20,8 @@ STUDENTS = ["resnet18", "mobilenetv3_small_050", "test_efficientnet"]
 NUM_CLASSES = 10
 IN_CHANS = 3
 
+pytestmark = pytest.mark.slow  # benchmarks: the full lane only (they run once each with --benchmark-disable)
+
 
 @functools.cache
 def student_and_figures(student: str, image_size: int) -> tuple[torch.nn.Module, float, float]:

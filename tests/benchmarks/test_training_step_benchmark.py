@@ -31,6 +31,8 @@ from kdbench.training import Member, teacher_outputs
 from kdbench.views import VIEW_AUGMENTATIONS
 from tests.tiny_models import TINY_DEIT
 
+pytestmark = pytest.mark.slow  # benchmarks: the full lane only (they run once each with --benchmark-disable)
+
 TEACHER, STUDENT = "resnet18", "mobilenetv3_small_050"
 BATCH, SIZE, CHANS, CLASSES = 64, 28, 1, 10
 INFO = DatasetInfo(name="mnist5k", num_classes=CLASSES, in_chans=CHANS, image_size=SIZE, native_size=SIZE,

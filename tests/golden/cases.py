@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from kdbench.data import DatasetInfo
 from kdbench.distiller import Distiller, RunContext, Step, View, construct_method, get_method
@@ -78,10 +79,21 @@ def step_for(method: Distiller) -> Step:
     )
 
 
+def previous_generation() -> nn.Module:
+    """A fixed, frozen previous generation for methods that train several: a seeded linear model of the images."""
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, NUM_CLASSES)).eval().requires_grad_(False)
+
+
 def compute(name: str) -> dict[str, float]:
-    """The method's loss terms on the fixed step."""
+    """The method's loss terms on the fixed step; for a method of several generations, also those of generation 1
+    (keyed ``generation_1.<term>``), distilled from :func:`previous_generation`."""
     method = build(name)
-    return {k: float(v.detach()) for k, v in method.losses(step_for(method)).items()}
+    values = {k: float(v.detach()) for k, v in method.losses(step_for(method)).items()}
+    if type(method).num_generations(method.params) > 1:
+        method.start_generation(1, previous_generation())
+        values.update({f"generation_1.{k}": float(v.detach()) for k, v in method.losses(step_for(method)).items()})
+    return values
 
 
 def golden_path(name: str) -> Path:

@@ -1,0 +1,137 @@
+"""Data-parallel runs under torchrun on CPU (gloo, 2 processes): one record, one teacher cache, a sane accuracy,
+and a killed rank that fails the run instead of hanging. Plus the helpers of :mod:`kdbench.distributed` alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdbench import distributed
+from kdbench.errors import ConfigError
+from tests.conftest import TINY_STUDENT, TINY_TEACHER
+
+RUN = ["run", "--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT, "--epochs", "3",
+       "--teacher-epochs", "2", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+
+
+def torchrun(args: list[str], timeout: float, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDBENCH_DIST_TIMEOUT": "60"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m",
+               "kdbench", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def test_world_from_env_reads_torchrun_variables(monkeypatch):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert distributed.world_from_env() == distributed.World(1, 0, 0)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.world_from_env() == distributed.World(4, 3, 1)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ConfigError, match="inconsistent"):
+        distributed.world_from_env()
+
+
+def test_helpers_are_no_ops_in_a_world_of_one():
+    x = torch.arange(6)
+    with distributed.collective():
+        assert distributed.shard(x)[0] is x
+        assert distributed.mine(5)
+        assert distributed.gather_batches([(1, "b"), (0, "a")]) == ["a", "b"]
+        assert distributed.broadcast({"a": 1}) == {"a": 1}
+
+
+@pytest.mark.slow
+def test_a_two_process_run_writes_one_record_and_one_teacher(tmp_path: Path):
+    results = tmp_path / "ddp"
+    done = torchrun([*RUN, "--method", "kd", "--method", "ce", "--results", str(results)], timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = sorted((results / "runs").glob("*.json"))
+    assert len(records) == 2
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["status"] == "ok", record["error"]
+        assert record["world_size"] == 2 and record["batch_size"] == 64
+        assert record["top1"] > 40.0  # digits, 10 classes: far above chance
+        assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
+    teachers = [p for p in (results / "teachers").iterdir() if p.is_dir() or p.suffix == ".pt"]
+    assert len(teachers) == 1
+
+
+KILLER = textwrap.dedent('''
+    import os, signal
+    from dataclasses import dataclass
+    import torch.nn.functional as F
+    from kdbench.distiller import Distiller, register_method
+
+    @register_method("dies_on_rank1")
+    class DiesOnRank1(Distiller):
+        """Cross-entropy, but rank 1's process is killed at its fourth step (test)."""
+        needs_teacher = False
+
+        @dataclass(frozen=True)
+        class Params:
+            pass
+
+        def losses(self, step):
+            if os.environ.get("RANK") == "1" and step.epoch == 1 and step.iteration == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return {"loss_ce": F.cross_entropy(step.student_logits, step.labels)}
+''')
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_run_without_hanging(tmp_path: Path):
+    plugin = tmp_path / "killer.py"
+    plugin.write_text(KILLER)
+    results = tmp_path / "ddp"
+    done = torchrun([*RUN, "--method", "dies_on_rank1", "--plugin", str(plugin), "--results", str(results)],
+                    timeout=600)
+    assert done.returncode != 0
+    ok = [p for p in (results / "runs").glob("*.json") if json.loads(p.read_text())["status"] == "ok"]
+    assert ok == []
+
+
+@pytest.mark.slow
+def test_a_batchnorm_free_student_trains_as_in_one_process(tmp_path: Path):
+    """Sharded batches + averaged gradients + gathered evaluation = the one-process run (up to rounding)."""
+    vit = ["run", "--dataset", "digits", "--student", "test_vit", "--image-size", "16", "--epochs", "2",
+           "--batch-size", "64", "--device", "cpu", "--no-progress", "--method", "ce"]
+    done = torchrun([*vit, "--results", str(tmp_path / "two")], timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "kdbench", *vit, "--results", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=900, check=False,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-3000:]
+    (two,) = [json.loads(p.read_text()) for p in (tmp_path / "two" / "runs").glob("*.json")]
+    (one,) = [json.loads(p.read_text()) for p in (tmp_path / "one" / "runs").glob("*.json")]
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["top1"] == pytest.approx(one["top1"], abs=0.3)
+    for a, b in zip(two["history"], one["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_the_folder_loader_loads_only_its_share_under_torchrun(tmp_path: Path, monkeypatch):
+    from kdbench.data import DataConfig, clear_dataset_cache, load_dataset
+    from tests.test_data import write_image_folder
+
+    write_image_folder(tmp_path)
+    clear_dataset_cache()
+    splits = load_dataset(DataConfig("imagenet", root=str(tmp_path), image_size=8, options={"workers": 0}))
+    assert splits.shards_train_batches
+    whole = [b.indices for b in splits.train_batches(10, torch.Generator().manual_seed(3))]
+    monkeypatch.setattr(distributed, "_WORLD", distributed.World(2, 1, 1))
+    with distributed.collective():
+        mine = [b for b in splits.train_batches(10, torch.Generator().manual_seed(3))]
+        assert [b.indices.tolist() for b in mine] == [distributed.shard(w)[0].tolist() for w in whole]
+    assert [len(b.labels) for b in mine] == [len(w) - len(w) // 2 for w in whole]
+    clear_dataset_cache()
