@@ -276,16 +276,16 @@ def shipped_specs() -> list[Path]:
 
 def test_the_shipped_specs_are_packaged_unchanged_and_listed(capsys):
     names = [p.name for p in shipped_specs()]
-    assert names == ["cifar100_crd.yaml", "quickstart.yaml"]
+    assert names == ["cifar100_crd.yaml", "quickstart.yaml", "tune_mnist5k.yaml"]
     packaged = resources.files("kdbench").joinpath("resources", "configs")
     for path in shipped_specs():
         assert packaged.joinpath(path.name).read_bytes() == path.read_bytes(), path.name
     assert main(["sweep", "--list-configs"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in listed] == ["cifar100_crd", "quickstart"]
+    assert [line.split()[0] for line in listed] == ["cifar100_crd", "quickstart", "tune_mnist5k"]
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "cifar100_crd.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "cifar100_crd.yaml", "tune_mnist5k.yaml"])
 def test_the_shipped_specs_are_valid(name):
     spec = load_sweep_spec(CONFIGS / name)
     assert expand_sweep(spec)
