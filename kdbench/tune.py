@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -45,14 +47,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from kdbench.config import RunSpec, build_params, coerce_value, dataclass_field_types, method_label, params_dict
+from kdbench.distiller import get_method
+from kdbench.engine import ExecOptions, execute
 from kdbench.errors import ConfigError, KDBenchError
-from kdbench.sweep import PairEntry, SpecError, SweepSpec
+from kdbench.plan import checkpoint_sha256, make_spec
+from kdbench.results import atomic_write_text, read_record
+from kdbench.sweep import PairEntry, SpecError, SweepSpec, _read_spec_text, parse_sweep_spec
 
 if TYPE_CHECKING:
     import optuna
 
-    from kdbench.engine import ExecOptions
 
 TUNING_DIR = "tuning"
 HARNESS_PARAMS = ("lr", "weight_decay")
@@ -221,8 +228,6 @@ class TuneSpec:
 
 def _check_settings(raw: Any, trials: int | None) -> tuple[TuneSettings | None, list[str]]:
     """The ``tune:`` section as settings, or every problem in it."""
-    import difflib
-
     problems: list[str] = []
     if raw is None:
         raw = {}
@@ -263,10 +268,6 @@ def load_tune_spec(name: str | Path, extra_plugins: Sequence[str] = (), trials: 
         SpecError: every problem of the spec, one line each.
         ConfigError: the file cannot be found or read.
     """
-    import yaml
-
-    from kdbench.sweep import _read_spec_text
-
     text, base_dir = _read_spec_text(str(name))
     try:
         data = yaml.safe_load(text)
@@ -286,8 +287,6 @@ def parse_tune_spec(data: Any, source: str = "spec", base_dir: Path | None = Non
     Raises:
         SpecError: every problem, one line each.
     """
-    from kdbench.sweep import parse_sweep_spec
-
     problems: list[str] = []
     sweep: SweepSpec | None = None
     try:
@@ -347,15 +346,11 @@ class StudyPlan:
     @property
     def label(self) -> str:
         """The method's label with its fixed parameters: ``kd`` or ``kd(standardize=True)``."""
-        from kdbench.distiller import get_method
-
         cls = get_method(self.method)
         return method_label(self.method, build_params(cls.Params, dict(self.fixed), self.method), cls.Params)
 
     def default_params(self) -> dict[str, Any]:
         """The default configuration in the space's terms: the method's defaults and the budget's lr and wd."""
-        from kdbench.distiller import get_method
-
         cls = get_method(self.method)
         defaults = params_dict(build_params(cls.Params, dict(self.fixed), self.method))
         out = {}
@@ -368,8 +363,6 @@ class StudyPlan:
 
         The teacher keeps the budget's learning rate and weight decay, so every trial distils the same teacher.
         """
-        from kdbench.plan import make_spec
-
         method_params = {p.name: params[p.name] for p in self.space if p.source == "method"}
         budget = dict(self.budget)
         budget.update(
@@ -386,8 +379,6 @@ class StudyPlan:
 
     def default_run_specs(self) -> list[RunSpec]:
         """The default configuration with the final seeds, on test: the runs ``kdbench sweep`` makes of the spec."""
-        from kdbench.plan import make_spec
-
         budget = {**self.budget, "eval_split": "test"}
         return [make_spec(dataset=self.dataset, student=self.pair.student, method=self.method,
                           teacher=self.pair.teacher, method_overrides=dict(self.fixed),
@@ -407,10 +398,6 @@ def plan_studies(spec: TuneSpec, data_root: str | None = None) -> list[StudyPlan
     Raises:
         SpecError: combinations that cannot run (e.g. a method needing a teacher on a teacher-less pair).
     """
-    import hashlib
-
-    from kdbench.distiller import get_method
-
     sweep, settings = spec.sweep, spec.settings
     studies: dict[str, StudyPlan] = {}
     problems: list[str] = []
@@ -432,7 +419,6 @@ def plan_studies(spec: TuneSpec, data_root: str | None = None) -> list[StudyPlan
                 "defaults_first": settings.defaults_first, "startup": settings.startup,
             }
             if plan_pair.teacher_ckpt:
-                from kdbench.plan import checkpoint_sha256
 
                 identity["teacher_ckpt_sha256"] = checkpoint_sha256(plan_pair.teacher_ckpt)
             study = StudyPlan(name="", dataset=sweep.dataset, pair=plan_pair, method=method, fixed=fixed,
@@ -640,7 +626,6 @@ def _sync(store: StudyStore, results: Path, ask: int) -> list[RunSpec]:
     """
     from optuna.trial import TrialState
 
-    from kdbench.results import read_record
 
     study, plan = store.study, store.plan
     todo: list[RunSpec] = []
@@ -706,8 +691,6 @@ def search(stores: Sequence[StudyStore], options: ExecOptions, log: Callable[[st
         log: where one-line notes go.
         execute_batch: trains a batch of runs (default: :func:`kdbench.engine.execute` in this process).
     """
-    from kdbench.results import read_record
-
     results = Path(options.results)
     run_batch = execute_batch or _local_executor(options)
     while True:
@@ -724,7 +707,6 @@ def search(stores: Sequence[StudyStore], options: ExecOptions, log: Callable[[st
 
 
 def _local_executor(options: ExecOptions) -> Callable[[Sequence[RunSpec]], Any]:
-    from kdbench.engine import execute
 
     return lambda specs: execute(specs, options)
 
@@ -759,8 +741,6 @@ def final_specs(store: StudyStore) -> tuple[list[RunSpec], list[RunSpec]]:
 
 def study_summary(store: StudyStore, results: Path) -> dict[str, Any]:
     """Everything the report needs about a study: space, budget, trials in order, best, final and default runs."""
-    from kdbench.results import read_record
-
     plan = store.plan
     trials = []
     for trial in sorted(store.study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -789,8 +769,6 @@ def study_summary(store: StudyStore, results: Path) -> dict[str, Any]:
 
 def write_summary(store: StudyStore, results: Path) -> dict[str, Any]:
     """Write ``<results>/tuning/<study>.json`` atomically and return it."""
-    from kdbench.results import atomic_write_text
-
     summary = study_summary(store, results)
     atomic_write_text(store.summary_path, json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
     return summary
