@@ -38,12 +38,12 @@ RUN_DEFAULTS = dataclass_defaults(RunSpec)
 #: (a flag given explicitly wins), and RunSpec's defaults otherwise.
 QUICKSTART: dict[str, Any] = {
     "dataset": "mnist5k",
-    "teacher": "resnet18",
+    "teacher": "cifar_resnet20",
     "student": "cifar_resnet8",
     "methods": ("ce", "kd", "dkd"),
-    "seeds": (0, 1),
-    "budget": {"image_size": 16, "epochs": 6, "batch_size": 64, "lr": 0.1, "warmup_epochs": 1,
-               "teacher_epochs": 5},
+    "seeds": (0, 1, 2),
+    "budget": {"image_size": 16, "epochs": 8, "batch_size": 64, "lr": 0.1, "warmup_epochs": 1,
+               "teacher_epochs": 10},
 }
 ALL_METHODS = "all"
 
