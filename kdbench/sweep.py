@@ -301,16 +301,26 @@ def load_sweep_spec(name: str | Path, extra_plugins: Sequence[str] = ()) -> Swee
         SpecError: every problem of the spec, one line each.
         ConfigError: the file cannot be found or read.
     """
+    data, base_dir = read_spec_data(name)
+    plugins = [str(Path(p).expanduser().resolve()) for p in extra_plugins]
+    return parse_sweep_spec(data, source=str(name), base_dir=base_dir, extra_plugins=plugins)
+
+
+def read_spec_data(name: str | Path) -> tuple[Any, Path]:
+    """The YAML document of spec ``name`` (a file, else a shipped config's name) and the folder of its paths.
+
+    Raises:
+        SpecError: the text is not valid YAML (with its line and column).
+        ConfigError: the file cannot be found or read.
+    """
     text, base_dir = _read_spec_text(str(name))
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text), base_dir
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(str(name), [f"not valid YAML{where}: {problem}"]) from None
-    plugins = [str(Path(p).expanduser().resolve()) for p in extra_plugins]
-    return parse_sweep_spec(data, source=str(name), base_dir=base_dir, extra_plugins=plugins)
 
 
 def parse_sweep_spec(data: Any, source: str = "spec", base_dir: Path | None = None,

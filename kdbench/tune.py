@@ -47,15 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from kdbench.config import RunSpec, build_params, coerce_value, dataclass_field_types, method_label, params_dict
 from kdbench.distiller import get_method
 from kdbench.engine import ExecOptions, execute
 from kdbench.errors import ConfigError, KDBenchError
 from kdbench.plan import checkpoint_sha256, make_spec
 from kdbench.results import atomic_write_text, read_record
-from kdbench.sweep import PairEntry, SpecError, SweepSpec, _read_spec_text, parse_sweep_spec
+from kdbench.sweep import PairEntry, SpecError, SweepSpec, parse_sweep_spec, read_spec_data
 
 if TYPE_CHECKING:
     import optuna
@@ -268,11 +266,7 @@ def load_tune_spec(name: str | Path, extra_plugins: Sequence[str] = (), trials: 
         SpecError: every problem of the spec, one line each.
         ConfigError: the file cannot be found or read.
     """
-    text, base_dir = _read_spec_text(str(name))
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SpecError(str(name), [f"not valid YAML: {str(err).splitlines()[0]}"]) from None
+    data, base_dir = read_spec_data(name)
     plugins = [str(Path(p).expanduser().resolve()) for p in extra_plugins]
     return parse_tune_spec(data, source=str(name), base_dir=base_dir, extra_plugins=plugins, trials=trials)
 

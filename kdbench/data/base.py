@@ -140,6 +140,24 @@ class Splits(ABC):
         """All labels of ``split`` on the data device, in ``eval_batches`` order."""
 
 
+class LabelledSplits(Splits):
+    """Splits that hold every split's labels as a tensor (``_labels``): batch counts and labels follow from them."""
+
+    _labels: dict[str, Tensor]
+
+    def num_batches(self, split: str, batch_size: int) -> int:
+        """See :meth:`Splits.num_batches`."""
+        check_split(split)
+        check_batch_size(batch_size)
+        count = len(self._labels[split])
+        return train_batch_count(count, batch_size) if split == "train" else eval_batch_count(count, batch_size)
+
+    def labels(self, split: str) -> Tensor:
+        """See :meth:`Splits.labels`."""
+        check_split(split)
+        return self._labels[split]
+
+
 class DatasetSource(ABC):
     """A registered dataset. One instance per name; ``name`` is set by :func:`register_dataset`."""
 

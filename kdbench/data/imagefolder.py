@@ -24,12 +24,12 @@ from kdbench.data.base import (
     DataConfig,
     DatasetInfo,
     DatasetSource,
+    LabelledSplits,
     Splits,
     check_batch_size,
     check_split,
     cleared_with_datasets,
     data_root,
-    eval_batch_count,
     first_line,
     register_dataset,
     train_batch_count,
@@ -195,7 +195,7 @@ class _EpochBatches:
         return len(self.batches)
 
 
-class FolderSplits(Splits):
+class FolderSplits(LabelledSplits):
     """An image folder streamed from disk; uint8 crops travel to the device and are normalised there.
 
     Decoding, cropping and flipping run in the DataLoader's worker processes, off the training loop. Each split
@@ -246,18 +246,6 @@ class FolderSplits(Splits):
         batches = [[(position, -1) for position in range(start, min(start + batch_size, count))]
                    for start in range(0, count, batch_size)]
         yield from self._stream(split, batches, "eval")
-
-    def num_batches(self, split: str, batch_size: int) -> int:
-        """See :meth:`Splits.num_batches`."""
-        check_split(split)
-        check_batch_size(batch_size)
-        count = len(self._datasets[split])
-        return train_batch_count(count, batch_size) if split == "train" else eval_batch_count(count, batch_size)
-
-    def labels(self, split: str) -> Tensor:
-        """See :meth:`Splits.labels`."""
-        check_split(split)
-        return self._labels[split]
 
     def _stream(self, split: str, batches: list[list[tuple[int, int]]], purpose: str) -> Iterator[Batch]:
         if not batches:

@@ -17,16 +17,16 @@ from kdbench.data.base import (
     DataConfig,
     DatasetInfo,
     DatasetSource,
+    LabelledSplits,
     Splits,
     check_batch_size,
     check_split,
-    eval_batch_count,
     train_batch_count,
 )
 from kdbench.data.splits import carve_splits, carved_sizes
 
 
-class TensorSplits(Splits):
+class TensorSplits(LabelledSplits):
     """Splits held as uint8 tensors on one device; batches are augmented and normalised there.
 
     Args:
@@ -65,18 +65,6 @@ class TensorSplits(Splits):
             stop = min(start + batch_size, len(labels))
             positions = torch.arange(start, stop, device=self.device)
             yield Batch(self._normalize(images[start:stop]), labels[start:stop], positions)
-
-    def num_batches(self, split: str, batch_size: int) -> int:
-        """See :meth:`Splits.num_batches`."""
-        check_split(split)
-        check_batch_size(batch_size)
-        count = len(self._labels[split])
-        return train_batch_count(count, batch_size) if split == "train" else eval_batch_count(count, batch_size)
-
-    def labels(self, split: str) -> Tensor:
-        """See :meth:`Splits.labels`."""
-        check_split(split)
-        return self._labels[split]
 
 
 @dataclass(frozen=True)
