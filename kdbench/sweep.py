@@ -90,6 +90,8 @@ class PairEntry:
         teacher_ckpt: absolute path of a checkpoint the teacher is loaded from, instead of being trained.
         teacher_pretrained: take the teacher from timm's pretrained weights.
         budget: budget keys this pair sets differently from the top level (e.g. ``{"lr": 0.01}``).
+        method_params: method -> {parameter: value} this pair sets for its runs of that method, over the
+            spec's grid (e.g. DKD's per-pair beta: ``{"dkd": {"beta": 2}}``).
     """
 
     teacher: str | None
@@ -97,6 +99,7 @@ class PairEntry:
     teacher_ckpt: str | None = None
     teacher_pretrained: bool = False
     budget: Mapping[str, Any] = field(default_factory=dict)
+    method_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -235,7 +238,7 @@ def schema_types(cls: type, leave_out: Sequence[str] = ()) -> dict[str, Any]:
 #: the training-budget keys
 BUDGET_KEYS: tuple[str, ...] = tuple(schema_types(RunBudget))
 #: keys of a pair entry besides the budget keys
-PAIR_KEYS: dict[str, Any] = schema_types(PairEntry, leave_out=("budget",))
+PAIR_KEYS: dict[str, Any] = schema_types(PairEntry, leave_out=("budget", "method_params"))
 #: keys that say where and how runs execute
 EXECUTION_KEYS: dict[str, Any] = schema_types(ExecutionSettings)
 #: the other top-level keys (``teacher``, ``student`` and ``teacher_ckpt`` there are a one-pair shorthand)
@@ -596,7 +599,7 @@ class _SpecChecker:
             return None
         before = len(self.problems)
         if where:
-            self.unknown_keys(item, [*PAIR_KEYS, *BUDGET_KEYS], f"{where}: ")
+            self.unknown_keys(item, [*PAIR_KEYS, *BUDGET_KEYS, "method_params"], f"{where}: ")
         if "student" not in item:
             self.problem(f"{where or 'the spec'}: missing key 'student'")
         fields: dict[str, Any] = {"teacher": None, "teacher_ckpt": None, "teacher_pretrained": False, **defaults}
@@ -616,10 +619,30 @@ class _SpecChecker:
             if fields["teacher"] is None:
                 self.problem(f"{prefix}teacher_ckpt: a checkpoint needs the teacher's model name (teacher: MODEL)")
         budget = self.section(item, RunBudget, prefix) if where else {}
+        method_params = self.pair_method_params(item["method_params"], f"{prefix}method_params") \
+            if where and "method_params" in item else {}
         if len(self.problems) > before:
             return None
         return PairEntry(teacher=fields["teacher"], student=fields["student"], teacher_ckpt=fields["teacher_ckpt"],
-                         teacher_pretrained=bool(fields["teacher_pretrained"]), budget=budget)
+                         teacher_pretrained=bool(fields["teacher_pretrained"]), budget=budget,
+                         method_params=method_params)
+
+    def pair_method_params(self, raw: Any, where: str) -> dict[str, dict[str, Any]]:
+        """A pair's ``method_params``: method -> {parameter: one value}, checked like the spec's methods."""
+        if not isinstance(raw, dict):
+            self.problem(f"{where} must map method names to {{parameter: value}} (got {raw!r})")
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for name, params in raw.items():
+            checked = self.method(name, params, f"{where}.{name}")
+            if checked is None:
+                continue
+            many = [param for param, values in checked[1].items() if len(values) != 1]
+            if many:
+                self.problem(f"{where}.{name}: a pair sets one value per parameter ({', '.join(many)} has several)")
+                continue
+            out[name] = {param: values[0] for param, values in checked[1].items()}
+        return out
 
     def checkpoint(self, raw: str, where: str) -> str:
         """The checkpoint's absolute path, after checking it exists and holds a readable state dict."""
@@ -651,9 +674,13 @@ def expand_sweep(spec: SweepSpec, data_root: str | None = None) -> list[RunSpec]
     """
     specs: dict[str, RunSpec] = {}
     problems: list[str] = []
+    swept = {method for method, _ in spec.methods}
     for number, pair in enumerate(spec.pairs):
         ckpts = {pair.teacher: pair.teacher_ckpt} if pair.teacher and pair.teacher_ckpt else None
+        problems += [f"pairs[{number}] ({pair.label}): method_params names {name!r}, which is not among the "
+                     f"sweep's methods" for name in pair.method_params if name not in swept]
         for method, grid in spec.methods:
+            grid = {**grid, **{param: [value] for param, value in pair.method_params.get(method, {}).items()}}
             try:
                 expanded = expand(dataset=spec.dataset, pairs=[(pair.teacher, pair.student)], methods={method: grid},
                                   seeds=list(spec.seeds), grid=True, teacher_ckpts=ckpts,

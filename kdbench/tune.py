@@ -290,6 +290,8 @@ def parse_tune_spec(data: Any, source: str = "spec", base_dir: Path | None = Non
     settings, more = _check_settings(data.get("tune") if isinstance(data, dict) else None, trials)
     problems.extend(more)
     if sweep is not None:
+        problems += [f"pairs[{n}].method_params: a tune spec fixes parameters in methods, not per pair"
+                     for n, pair in enumerate(sweep.pairs) if pair.method_params]
         for method, grid in sweep.methods:
             for param, values in grid.items():
                 if len(values) != 1:

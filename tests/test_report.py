@@ -558,3 +558,16 @@ def test_published_comparison_matches_variants_by_their_label(tmp_path: Path) ->
     assert {"crd", "crd(kd_weight=1)"} <= methods
     row = compared[compared["method"] == "crd(kd_weight=1)"].iloc[0]
     assert row["measured_top1"] == 75.9 and row["published_top1"] > 0
+
+
+
+def test_published_comparison_names_a_pairs_only_variant_by_its_method(tmp_path: Path) -> None:
+    """DKD's configs set beta per pair: the pair's dkd(beta=6) run is the DKD row of the published table."""
+    store = tmp_path / "store"
+    write_record(store, make_record("ce0", student="cifar_vgg8"))
+    write_record(store, make_record("dkd0", student="cifar_vgg8", teacher="cifar_vgg13", teacher_source="trained",
+                                    teacher_epochs=240, teacher_seed=0, teacher_top1=74.64, agreement=80.0,
+                                    method="dkd", method_label="dkd(beta=6)", method_params={"beta": 6.0},
+                                    top1=74.5))
+    compared = published_comparison(leaderboard(load(store)))
+    assert compared.loc[compared["method"] == "dkd", "measured_top1"].tolist() == [74.5]

@@ -210,6 +210,33 @@ def test_each_kind_of_problem_is_named(tmp_path, capsys, text, problem):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_pair_sets_method_parameters_for_its_own_runs():
+    """DKD's configs set beta per pair: a pair's method_params override the spec's value for that pair only."""
+    spec = parse_sweep_spec(tiny_spec(
+        pairs=[{"teacher": TINY_TEACHER, "student": TINY_STUDENT, "method_params": {"kd": {"temperature": 2}}},
+               {"teacher": TINY_TEACHER, "student": "test_convnext", "image_size": 32}],
+        methods={"kd": {"temperature": [4, 8]}, "ce": None}))
+    temperatures = {(run.student, run.method_params["temperature"]) for run in expand_sweep(spec)
+                    if run.method == "kd"}
+    assert temperatures == {(TINY_STUDENT, 2.0), ("test_convnext", 4.0), ("test_convnext", 8.0)}
+    plain = {run.run_id for run in expand_sweep(parse_sweep_spec(tiny_spec(
+        methods={"kd": {"temperature": 2}, "ce": None}))) if run.student == TINY_STUDENT}
+    assert plain <= {run.run_id for run in expand_sweep(spec)}  # the same runs as the spec-wide value gives
+
+
+@pytest.mark.parametrize(("method_params", "message"), [
+    ({"dkd": {"beta": 2}}, "method_params names 'dkd', which is not among the sweep's methods"),
+    ({"kd": {"temperature": [2, 4]}}, "a pair sets one value per parameter (temperature has several)"),
+    ({"kd": {"temprature": 2}}, "temprature"),
+    ([1, 2], "method_params must map method names"),
+])
+def test_bad_pair_method_params_are_spec_problems(method_params, message):
+    pairs = [{"teacher": TINY_TEACHER, "student": TINY_STUDENT, "method_params": method_params}]
+    with pytest.raises(SpecError) as caught:
+        expand_sweep(parse_sweep_spec(tiny_spec(pairs=pairs)))
+    assert any(message in line for line in caught.value.lines), caught.value.lines
+
+
 def test_spec_error_keeps_every_problem_for_library_callers():
     with pytest.raises(SpecError) as caught:
         parse_sweep_spec({"dataset": "digits", "methods": ["kdd"], "epochs": "x"}, source="mine")

@@ -100,6 +100,8 @@ def test_a_tune_spec_is_a_sweep_spec_with_a_tune_section():
     ({"tune": {"trails": 3}}, "did you mean 'trials'"),
     ({"tune": {"lr": [0.1, 0.01]}}, "0 < low < high"),
     ({"tune": {"trials": 0}}, "trials must be >= 1"),
+    ({"pairs": [{"teacher": TINY_TEACHER, "student": TINY_STUDENT, "method_params": {"kd": {"temperature": 2}}}]},
+     "fixes parameters in methods, not per pair"),
 ])
 def test_tune_spec_problems_are_one_line_each(change, message):
     with pytest.raises(SpecError) as caught:

@@ -41,8 +41,9 @@ def load_published_table() -> pd.DataFrame | None:
 def _measured_rows(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Measured top-1 per pair and method, named as the papers name them.
 
-    Each variant is named by its label (the method's name at its defaults, e.g. ``crd(kd_weight=1)`` otherwise, as
-    the published table names the CRD+KD row), the baseline as ``ce`` and the pair's teacher as ``teacher``.
+    A method with one variant in a pair is named by the method (whatever parameters the pair set, as DKD's beta per
+    pair); beside its default variant, another is named by its label (``crd(kd_weight=1)``, as the published table
+    names the CRD+KD row). The baseline is ``ce`` and the pair's teacher ``teacher``.
     """
     rows = []
     for key, pair_rows in table.groupby(PAIR_KEY, sort=False, dropna=False):
@@ -51,9 +52,14 @@ def _measured_rows(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
         if pd.notna(teacher_top1):
             rows.append(pair | {"method": "teacher", "measured_top1": teacher_top1, "measured_std": float("nan"),
                                 "n": 1})
-        for _, row in pair_rows[pair_rows["n"] > 0].iterrows():
-            # a variant is named by its label: the method's name at its defaults, `crd(kd_weight=1)` otherwise
-            method = "ce" if row["is_baseline"] and row["method"] == baseline else row["method_label"]
+        finished = pair_rows[pair_rows["n"] > 0]
+        variants = finished.groupby("method")["method_label"].nunique()
+        for _, row in finished.iterrows():
+            # a method's only variant in the pair is the method (a pair may set its parameters, as DKD's beta);
+            # beside its default, another variant is named by its label, as `crd(kd_weight=1)` for CRD+KD
+            alone = variants[row["method"]] == 1
+            name = row["method"] if alone else row["method_label"]
+            method = "ce" if row["is_baseline"] and row["method"] == baseline else name
             rows.append(pair | {"method": method, "measured_top1": row["top1_mean"],
                                 "measured_std": row["top1_std"], "n": row["n"]})
     return pd.DataFrame(rows)
