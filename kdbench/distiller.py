@@ -67,7 +67,8 @@ class RunContext:
 
     Attributes:
         epochs: training epochs of the main phase (the initialisation phase has its own, ``init_epochs``).
-        steps_per_epoch: optimisation steps per epoch (the last, partial batch is dropped).
+        steps_per_epoch: optimisation steps per epoch (``Splits.num_batches("train", ...)``: a last batch of
+            a single image is dropped, a larger partial one kept).
         batch_size: training batch size.
         num_train: samples in the training split (the size of a memory bank over it).
         num_classes: classes of the dataset.

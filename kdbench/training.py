@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from kdbench import distributed
 from kdbench.config import RunSpec, build_params, method_label
 from kdbench.data import Batch, DatasetInfo, Splits
+from kdbench.data.base import train_batch_count
 from kdbench.distiller import Distiller, RunContext, Step, View, construct_method, get_method
 from kdbench.errors import ConfigError
 from kdbench.features import ModelInfo, describe_model, forward_outputs, forward_with_features
@@ -338,7 +339,7 @@ class Member:
         self.device = device
         num_train = int(info.sizes.get("train", 0))
         self.context = RunContext(
-            epochs=spec.epochs, steps_per_epoch=max(1, num_train // spec.batch_size) if num_train else 0,
+            epochs=spec.epochs, steps_per_epoch=train_batch_count(num_train, spec.batch_size),
             batch_size=spec.batch_size, num_train=num_train, num_classes=info.num_classes,
             train_labels=(train_labels.detach().to("cpu", torch.long) if train_labels is not None
                           else torch.zeros(num_train, dtype=torch.long)),

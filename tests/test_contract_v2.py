@@ -339,3 +339,14 @@ def test_old_plugins_without_a_context_argument_still_get_one(method_sandbox):
     method = construct_method(OldStyle, OldStyle.Params(), STUDENT, TEACHER, DATA, CONTEXT)
     assert method.context is CONTEXT and dataclasses.is_dataclass(method.context)
 
+
+
+def test_the_context_counts_the_steps_the_loop_takes():
+    from kdbench.data import DataConfig, load_dataset
+    from kdbench.training import Member
+
+    splits = load_dataset(DataConfig(name="digits", val_fraction=0.1))
+    (spec,) = expand(dataset="digits", pairs=[(None, TINY_STUDENT)], methods={"ce": {}}, seeds=[0], **BUDGET)
+    member = Member(spec, splits.info, None, torch.device("cpu"), train_labels=splits.labels("train"))
+    assert member.context.steps_per_epoch == splits.num_batches("train", spec.batch_size)
+    assert member.context.num_train == len(splits.labels("train"))
