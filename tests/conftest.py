@@ -10,6 +10,15 @@ TINY_TEACHER = "test_resnet"
 TINY_STUDENT = "test_efficientnet"
 
 
+def strip_timing(record: dict) -> dict:
+    """A run record without what depends on timing or on the cohort it trained in: what solo and cohort share."""
+    drop = {"created_at", "train_time_s", "train_samples_per_s", "teacher_time_s", "teacher_time_share",
+            "cohort_id", "cohort_size", "cohort_wall_s", "git_commit"}
+    out = {k: v for k, v in record.items() if k not in drop}
+    out["history"] = [{k: v for k, v in h.items() if k != "time_s"} for h in record["history"]]
+    return out
+
+
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     """A fresh results store folder."""

@@ -26,7 +26,7 @@ from kdbench.engine import ExecOptions, execute
 from kdbench.methods.kd import LogitKD
 from kdbench.plan import expand, make_plan
 from kdbench.report.aggregate import version_warnings
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
 
 BUDGET = dict(epochs=1, teacher_epochs=1, batch_size=64, lr=0.05)
 PLUGINS = ("v2_embed", "v2_context", "v2_init", "v2_groups", "v2_heads", "v2_views", "v2_mutate")
@@ -170,14 +170,6 @@ def options(results: Path, **kw) -> ExecOptions:
     return ExecOptions(results=results, device="cpu", progress=False, measure=False, log=lambda line: None, **kw)
 
 
-def comparable(record: dict) -> dict:
-    drop = {"created_at", "train_time_s", "train_samples_per_s", "teacher_time_s", "teacher_time_share",
-            "cohort_id", "cohort_size", "cohort_wall_s", "git_commit"}
-    out = {k: v for k, v in record.items() if k not in drop}
-    out["history"] = [{k: v for k, v in h.items() if k != "time_s"} for h in record["history"]]
-    return out
-
-
 @pytest.mark.slow
 def test_every_point_of_the_contract_trains_identically_in_a_cohort_and_alone(tmp_path, method_sandbox,
                                                                               one_torch_thread):
@@ -189,7 +181,7 @@ def test_every_point_of_the_contract_trains_identically_in_a_cohort_and_alone(tm
     by_method = {r["method"]: r for r in cohort}
     assert {r["status"] for r in cohort} == {"ok"}, [(r["method"], r["error"]) for r in cohort]
     assert max(r["cohort_size"] for r in cohort) > 1 and {r["cohort_size"] for r in solo} == {1}
-    assert [comparable(r) for r in cohort] == [comparable(r) for r in solo]
+    assert [strip_timing(r) for r in cohort] == [strip_timing(r) for r in solo]
     # the context plugin's bank is a buffer, reported apart from trainable extras
     num_train = by_method["v2_context"]["extra_buffers_m"] * 1e6 / 5  # a 4-wide bank and one label per sample
     assert num_train == pytest.approx(round(num_train)) and num_train > 100

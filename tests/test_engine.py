@@ -17,7 +17,7 @@ from kdbench.distiller import Distiller, Step, register_method
 from kdbench.engine import CLAIMS_DIR, ExecOptions, execute
 from kdbench.plan import expand, make_plan
 from kdbench.results import read_record, write_record
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
 
 BUDGET = dict(epochs=2, teacher_epochs=1, batch_size=64, lr=0.05)
 
@@ -30,14 +30,6 @@ def specs_for(methods, seeds=(0,), **kw):
 def options(results: Path, **kw) -> ExecOptions:
     notes: list[str] = []
     return ExecOptions(results=results, device="cpu", progress=False, measure=False, log=notes.append, **kw)
-
-
-def strip_timing(record: dict) -> dict:
-    drop = {"created_at", "train_time_s", "train_samples_per_s", "teacher_time_s", "teacher_time_share",
-            "cohort_id", "cohort_size", "cohort_wall_s", "git_commit"}
-    out = {k: v for k, v in record.items() if k not in drop}
-    out["history"] = [{k: v for k, v in h.items() if k != "time_s"} for h in record["history"]]
-    return out
 
 
 @pytest.mark.slow
