@@ -12,7 +12,18 @@ ranks: rank r predicts batches r, r + N, ... and the logits are gathered in orde
 Rank 0 alone claims runs, plans, trains a missing teacher and writes records and the teacher cache; the others wait
 on a barrier, then read the cache.
 
-A method's own buffers (memory banks) are not synchronised: each rank's bank holds the rows its shards wrote.
+A run's result does not depend on the number of processes, up to rounding and to in-step randomness:
+
+- every member starts from rank 0's initial weights and buffers (:func:`broadcast_state`);
+- BatchNorm layers of the student and of the method's modules normalise with the statistics of the whole global
+  batch (:func:`sync_batchnorm`), and their gradients flow through those statistics, as in one process;
+- a method that keeps per-sample state (CRD's memory banks) updates it with every rank's rows
+  (:func:`gather`), so the state is the same on every rank;
+- in-step randomness (dropout, drop-path, sampled negatives, the extra views) is drawn from a stream of each
+  rank's own (:func:`rank_seed`), so that the shards do not share their noise; rank 0's stream is the one a single
+  process draws.
+
+Losses computed over the batch (the relations of RKD, SP, CC, PKT and DIST's inter-class term) see each rank's shard.
 
 Collectives are on only inside :func:`collective` blocks (the engine opens one around each cohort's training and
 evaluation), so that rank 0 can train a teacher alone while the others wait. Every collective has the process
@@ -31,7 +42,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from kdbench.errors import ConfigError
 
@@ -209,3 +220,145 @@ def gather_batches(items: list[tuple[int, Any]]) -> list[Any]:
     dist.all_gather_object(everyone, items)
     merged = [pair for part in everyone for pair in part]
     return [payload for _, payload in sorted(merged, key=lambda item: item[0])]
+
+
+def broadcast_state(*modules: nn.Module) -> None:
+    """Rank 0's parameters and buffers of each module on every rank (inside a collective block; else nothing)."""
+    if not enabled():
+        return
+    with torch.no_grad():
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+
+def rank_seed(seed: int) -> int:
+    """The seed of this rank's own random stream: ``seed`` on rank 0 (and outside a collective block)."""
+    if not enabled() or _WORLD.rank == 0:
+        return seed
+    z = (seed * 0x9E3779B97F4A7C15 + _WORLD.rank * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def gather(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Every rank's rows of each tensor, concatenated in rank order, detached (the tensors themselves outside).
+
+    For the shards of a batch this is the whole global batch, in its order. Ranks may hold different numbers of
+    rows (the tensors of one call share theirs). One host synchronisation per call: for methods that keep
+    per-sample state, not for every step of every method.
+    """
+    if not enabled():
+        return tensors
+    rows = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    counts = [torch.zeros_like(rows) for _ in range(_WORLD.size)]
+    dist.all_gather(counts, rows)
+    sizes = [int(c) for c in counts]
+    out = []
+    for tensor in tensors:
+        padded = tensor.detach().new_zeros((max(sizes), *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor.detach()
+        parts = [torch.empty_like(padded) for _ in range(_WORLD.size)]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)]))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BatchNorm over the global batch
+
+
+_PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_SYNCED: dict[type, type] = {}
+
+
+def _has_post_ops(module: nn.Module) -> bool:
+    """Whether ``module`` is timm's ``BatchNormAct2d`` kind: a BatchNorm followed by its own ``drop`` and ``act``."""
+    return isinstance(getattr(module, "drop", None), nn.Module) and isinstance(getattr(module, "act", None), nn.Module)
+
+
+def _synced_class(cls: type) -> type:
+    """The subclass of a BatchNorm class whose training forward, in a collective block, uses global statistics."""
+    if cls not in _SYNCED:
+        def forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+            if not (self.training and enabled()):
+                return cls.forward(self, x)
+            y = global_batch_norm(self, x)
+            return self.act(self.drop(y)) if _has_post_ops(self) else y
+
+        _SYNCED[cls] = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                                    "_kdbench_synced": True})
+    return _SYNCED[cls]
+
+
+def sync_batchnorm(*modules: nn.Module) -> None:
+    """Make the BatchNorm layers of each module normalise with the global batch's statistics in collective blocks.
+
+    torch's ``SyncBatchNorm`` runs on GPUs only and all-reduces whenever a process group exists (it would hang
+    while rank 0 trains a teacher alone); this one runs on every device and only inside :func:`collective` blocks.
+    Each layer's class is swapped for a subclass (the same parameters, buffers and state-dict keys; outside a
+    collective block, or in eval mode, the layer is the plain one). Converted: ``nn.BatchNorm1d/2d/3d`` and timm's
+    ``BatchNormAct2d``; other BatchNorm variants keep their per-rank statistics. Nothing happens outside a
+    collective block.
+    """
+    if not enabled():
+        return
+    for module in modules:
+        for layer in module.modules():
+            cls = type(layer)
+            if getattr(cls, "_kdbench_synced", False):
+                continue
+            timm_kind = isinstance(layer, nn.modules.batchnorm._BatchNorm) and _has_post_ops(layer)
+            if cls in _PLAIN_BATCHNORMS or timm_kind:
+                layer.__class__ = _synced_class(cls)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """The sum of a tensor over ranks; its gradient is the sum of the ranks' gradients (each rank's loss uses it)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:  # noqa: ARG004 - the signature autograd calls
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # noqa: ARG004
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
+def global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Batch normalisation of this rank's shard ``x`` with the statistics of every rank's shard together.
+
+    Each rank computes its shard's per-channel count, mean and sum of squared deviations; one autograd-aware
+    all-reduce shares them, and they are merged exactly (Chan et al.'s parallel variance), so the gradient of each
+    shard's loss reaches every shard's inputs through the shared statistics, as in one process on the whole batch.
+    The running statistics are updated with the global mean and unbiased variance (the same on every rank).
+    """
+    channels = x.shape[1]
+    dims = [0, *range(2, x.dim())]
+    shape = [1, channels] + [1] * (x.dim() - 2)
+    x32 = x.float()
+    count = x32.numel() // channels
+    mean = x32.mean(dims) if count else x32.new_zeros(channels)
+    m2 = (x32 - mean.view(shape)).square().sum(dims)
+    row = torch.cat([mean, m2, x32.new_tensor([float(count)])]).unsqueeze(0)
+    table = row.new_zeros(_WORLD.size, row.shape[1]).index_copy(0, torch.tensor([_WORLD.rank], device=x.device), row)
+    table = _SumOverRanks.apply(table)
+    means, m2s, counts = table[:, :channels], table[:, channels:2 * channels], table[:, 2 * channels:]
+    total = counts.sum()
+    global_mean = (counts * means).sum(0) / total
+    global_m2 = m2s.sum(0) + (counts * (means - global_mean).square()).sum(0)
+    var = global_m2 / total
+    if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            unbiased = global_m2 / (total - 1).clamp(min=1)
+            bn.running_mean.lerp_(global_mean.to(bn.running_mean.dtype), factor)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
+    y = (x32 - global_mean.view(shape)) * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    return y.to(x.dtype)

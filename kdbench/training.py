@@ -13,7 +13,7 @@ import functools
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,7 +206,13 @@ def predict(model: nn.Module, splits: Splits, split: str, batch_size: int, *, am
     logits, labels, extra = [], [], {}
     parts = []
     try:
-        for index, batch in enumerate(splits.eval_batches(split, batch_size)):
+        batches: Iterable[tuple[int, Batch]]
+        if splits.shards_eval_batches:  # the loader yields (and loads) only this rank's batches
+            batches = zip(filter(distributed.mine, range(splits.num_batches(split, batch_size))),
+                          splits.eval_batches(split, batch_size), strict=True)
+        else:
+            batches = enumerate(splits.eval_batches(split, batch_size))
+        for index, batch in batches:
             if not distributed.mine(index):  # under torchrun each rank evaluates its share of the batches
                 continue
             with autocast(device, amp):
@@ -350,7 +356,7 @@ class Member:
         self.uses_teacher = self.method_cls.needs_teacher
         self.teacher_info = teacher_info if self.uses_teacher else None
         self.teacher_top1 = teacher_top1 if self.uses_teacher else None
-        self.rng = RNGState(spec.seed, device)
+        self.rng = RNGState(distributed.rank_seed(spec.seed), device)  # under torchrun, each rank's own noise
         self.status = "running"
         self.error: str | None = None
         self.history: list[dict[str, Any]] = []
@@ -400,6 +406,8 @@ class Member:
             VIEW_AUGMENTATIONS.get(view)  # an unknown view fails here, with the names there are
         self.method.prepare_student(self.student)
         self.method.start_generation(self.generation, previous)
+        distributed.sync_batchnorm(self.student, self.method)  # under torchrun: global-batch statistics
+        distributed.broadcast_state(self.student, self.method)  # and rank 0's initial weights on every rank
         self.optimizer = make_optimizer(spec, [{"params": list(self.student.parameters())},
                                                *self.method.param_groups()])
         self.best_val = self.best_val_epoch = self.best_state = None
@@ -656,7 +664,7 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
     view_generators = {}
     for name in view_names:
         view_generators[name] = torch.Generator(device=device)
-        view_generators[name].manual_seed(view_seed(seed, name))
+        view_generators[name].manual_seed(distributed.rank_seed(view_seed(seed, name)))
     clock = StepClock(device)
     for epoch in range(epochs):
         shared_before = {id(m): m.shared_time_s + m.own_time_s for m in members}

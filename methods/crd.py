@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdbench import distributed
 from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
 from kdbench.errors import ConfigError
 from kdbench.features import ModelInfo
@@ -93,7 +94,8 @@ class CRD(Distiller):
 
     Memory: two banks of N x ``dim`` float32 (1 KiB per training sample at dim 128: 51 MB for CIFAR-100,
     1.3 GB for ImageNet-1k) plus the class-sorted sample order (8 bytes per sample), all registered buffers
-    (``extra_buffers_m``); each step gathers B x (nce_k + 1) bank rows per side (537 MB at B = 64).
+    (``extra_buffers_m``); each step gathers B x (nce_k + 1) bank rows per side (537 MB at B = 64). Under torchrun
+    every rank updates its banks with the whole global batch's rows, and Z is fixed on the whole first batch.
     """
 
     @dataclass(frozen=True)
@@ -159,11 +161,19 @@ class CRD(Distiller):
                                                step.labels.to(self.memory_s.device), indices, self.num_negatives)
         first = not self._z_fixed and bool(self.nce_z[0] < 0)  # a loaded state may hold them already
         self._z_fixed = True
+        if first and distributed.enabled():  # under torchrun, Z from the whole global batch, as one process fixes it
+            with torch.no_grad():
+                _, z_s, z_t = crd_loss(v_s, v_t, self.memory_s, self.memory_t, contrast_idx, None, None, p.nce_t)
+                (shares,) = distributed.gather(torch.stack([z_s, z_t, torch.ones_like(z_s)])[None] * len(indices))
+                self.nce_z.copy_(shares[:, :2].sum(0) / shares[:, 2].sum())
+            first = False
         loss, z_s, z_t = crd_loss(v_s, v_t, self.memory_s, self.memory_t, contrast_idx,
                                   None if first else self.nce_z[0], None if first else self.nce_z[1], p.nce_t)
         with torch.no_grad():
             if first:
                 self.nce_z.copy_(torch.stack([z_s, z_t]))
+            # under torchrun, every rank's rows: the banks stay the same on every rank
+            indices, v_s, v_t = distributed.gather(indices, v_s, v_t)
             for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
                 memory.index_copy_(0, indices, F.normalize(memory[indices] * p.momentum + v * (1 - p.momentum), dim=1))
         terms = {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels), "loss_crd": p.weight * loss}

@@ -102,22 +102,75 @@ def test_a_killed_rank_fails_the_run_without_hanging(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_a_batchnorm_free_student_trains_as_in_one_process(tmp_path: Path):
-    """Sharded batches + averaged gradients + gathered evaluation = the one-process run (up to rounding)."""
-    vit = ["run", "--dataset", "digits", "--student", "test_vit", "--image-size", "16", "--epochs", "2",
-           "--batch-size", "64", "--device", "cpu", "--no-progress", "--method", "ce"]
-    done = torchrun([*vit, "--results", str(tmp_path / "two")], timeout=900)
+def test_collectives_match_one_process():
+    """Global-batch BatchNorm (forward, both gradients, running statistics), gather, broadcast_state, rank_seed."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "tests.ddp_checks"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "KDBENCH_DIST_TIMEOUT": "60"})
     assert done.returncode == 0, done.stderr[-3000:]
-    single = subprocess.run([sys.executable, "-m", "kdbench", *vit, "--results", str(tmp_path / "one")],
+    assert "ddp checks passed" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_batchnorm_student_trains_as_in_one_process(tmp_path: Path):
+    """Sharded batches, global-batch BatchNorm, averaged gradients, gathered evaluation = the one-process run."""
+    args = [*RUN, "--epochs", "2", "--method", "ce", "--method", "kd"]
+    done = torchrun([*args, "--results", str(tmp_path / "two")], timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "kdbench", *args, "--results", str(tmp_path / "one")],
                             capture_output=True, text=True, timeout=900, check=False,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr[-3000:]
-    (two,) = [json.loads(p.read_text()) for p in (tmp_path / "two" / "runs").glob("*.json")]
-    (one,) = [json.loads(p.read_text()) for p in (tmp_path / "one" / "runs").glob("*.json")]
-    assert two["world_size"] == 2 and one["world_size"] == 1
-    assert two["top1"] == pytest.approx(one["top1"], abs=0.3)
-    for a, b in zip(two["history"], one["history"], strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for method in ("ce", "kd"):
+        (two,) = [r for r in map(json.loads, map(Path.read_text, (tmp_path / "two" / "runs").glob("*.json")))
+                  if r["method"] == method]
+        (one,) = [r for r in map(json.loads, map(Path.read_text, (tmp_path / "one" / "runs").glob("*.json")))
+                  if r["method"] == method]
+        assert two["world_size"] == 2 and one["world_size"] == 1
+        assert two["top1"] == pytest.approx(one["top1"], abs=0.3)
+        for a, b in zip(two["history"], one["history"], strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+BANK_DUMP = textwrap.dedent('''
+    import os
+    from pathlib import Path
+    from kdbench.methods.crd import CRD
+    from kdbench.distiller import register_method
+
+    @register_method("crd_dump")
+    class CRDDump(CRD):
+        """CRD that writes its memory banks and Z at its last step, one file per rank (test)."""
+
+        def losses(self, step):
+            terms = super().losses(step)
+            if step.epoch == step.epochs - 1 and step.iteration == step.iterations - 1:
+                import torch
+                out = Path(os.environ["BANK_DIR"]) / f"rank{os.environ.get('RANK', '0')}.pt"
+                torch.save({"s": self.memory_s.cpu(), "t": self.memory_t.cpu(), "z": self.nce_z.cpu()}, out)
+            return terms
+''')
+
+
+@pytest.mark.slow
+def test_memory_banks_are_the_same_on_every_rank(tmp_path: Path):
+    """CRD's banks take every rank's rows, and Z is fixed on the whole first batch: one state on all ranks."""
+    plugin = tmp_path / "crd_dump.py"
+    plugin.write_text(BANK_DUMP)
+    os.environ["BANK_DIR"] = str(tmp_path)
+    try:
+        done = torchrun([*RUN, "--epochs", "1", "--method", "crd_dump", "--plugin", str(plugin), "--set",
+                         "crd_dump.nce_k=64", "--results", str(tmp_path / "ddp")], timeout=900)
+    finally:
+        del os.environ["BANK_DIR"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    zero, one = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in ("s", "t", "z"):
+        assert torch.equal(zero[key], one[key]), key
+    assert bool((zero["z"] > 0).all())
+    moved = (zero["s"].norm(dim=1) - 1).abs() < 1e-4  # updated rows are renormalised; untouched ones are not
+    assert moved.sum() >= 1000  # every training sample of the epoch, from both ranks' shards
 
 
 def test_the_folder_loader_loads_only_its_share_under_torchrun(tmp_path: Path, monkeypatch):
@@ -134,4 +187,26 @@ def test_the_folder_loader_loads_only_its_share_under_torchrun(tmp_path: Path, m
         mine = [b for b in splits.train_batches(10, torch.Generator().manual_seed(3))]
         assert [b.indices.tolist() for b in mine] == [distributed.shard(w)[0].tolist() for w in whole]
     assert [len(b.labels) for b in mine] == [len(w) - len(w) // 2 for w in whole]
+    clear_dataset_cache()
+
+
+def test_the_folder_loader_loads_only_its_evaluation_batches_under_torchrun(tmp_path: Path, monkeypatch):
+    from kdbench.data import DataConfig, clear_dataset_cache, load_dataset
+    from tests.test_data import write_image_folder
+
+    write_image_folder(tmp_path)
+    clear_dataset_cache()
+    splits = load_dataset(DataConfig("imagenet", root=str(tmp_path), image_size=8, options={"workers": 0}))
+    assert splits.shards_eval_batches
+    whole = [b.indices.tolist() for b in splits.eval_batches("test", 3)]
+    assert len(whole) >= 3
+    loaded: list[int] = []
+    dataset = splits._datasets["test"]
+    original = type(dataset).__getitem__
+    monkeypatch.setattr(type(dataset), "__getitem__", lambda self, key: loaded.append(key[0]) or original(self, key))
+    monkeypatch.setattr(distributed, "_WORLD", distributed.World(2, 1, 1))
+    with distributed.collective():
+        mine = [b.indices.tolist() for b in splits.eval_batches("test", 3)]
+    assert mine == whole[1::2]
+    assert sorted(loaded) == sorted(i for batch in whole[1::2] for i in batch)  # the others' images are not read
     clear_dataset_cache()

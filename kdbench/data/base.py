@@ -113,10 +113,13 @@ class Splits(ABC):
         info: the dataset's description.
         shards_train_batches: under torchrun, ``train_batches`` yields only this process's share of each batch
             (a loader that should not decode the others' images); otherwise the training loop takes the share.
+        shards_eval_batches: under torchrun, ``eval_batches`` yields only this process's batches (those
+            :func:`kdbench.distributed.mine` accepts, in order); otherwise evaluation skips the others' batches.
     """
 
     info: DatasetInfo
     shards_train_batches: bool = False
+    shards_eval_batches: bool = False
 
     @abstractmethod
     def train_batches(self, batch_size: int, generator: torch.Generator, augment: bool = True) -> Iterator[Batch]:

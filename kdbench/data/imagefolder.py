@@ -201,7 +201,8 @@ class FolderSplits(LabelledSplits):
     Decoding, cropping and flipping run in the DataLoader's worker processes, off the training loop. Each split
     keeps one DataLoader for training passes and one for evaluation passes, with persistent workers (they start
     once, not every epoch), pinned memory and asynchronous copies when the device is a GPU, and ``prefetch``
-    batches in flight per worker. Under torchrun each process loads only its share of each training batch.
+    batches in flight per worker. Under torchrun each process loads only its share of each training batch, and only
+    its own evaluation batches.
 
     Args:
         info: the dataset's info.
@@ -212,6 +213,7 @@ class FolderSplits(LabelledSplits):
     """
 
     shards_train_batches = True
+    shards_eval_batches = True
 
     def __init__(self, info: DatasetInfo, samples: Mapping[str, Sequence[tuple[str, int]]], workers: int,
                  device: torch.device, prefetch: int = 4) -> None:
@@ -245,7 +247,7 @@ class FolderSplits(LabelledSplits):
         count = len(self._datasets[split])
         batches = [[(position, -1) for position in range(start, min(start + batch_size, count))]
                    for start in range(0, count, batch_size)]
-        yield from self._stream(split, batches, "eval")
+        yield from self._stream(split, [b for index, b in enumerate(batches) if distributed.mine(index)], "eval")
 
     def _stream(self, split: str, batches: list[list[tuple[int, int]]], purpose: str) -> Iterator[Batch]:
         if not batches:
