@@ -204,10 +204,20 @@ def check_finite(spec: Any) -> None:
 
 NOT_HASHED = ("teacher_ckpt",)
 
+#: Data options that set how fast the data loads, never what it is (the loader's worker processes and read-ahead):
+#: kept in the record, left out of the run id and the cohort key, so a store resumes with any values of them.
+LOADER_OPTIONS = frozenset({"workers", "prefetch"})
+
+
+def identity_data_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The data options that identify the data (all but :data:`LOADER_OPTIONS`)."""
+    return {k: v for k, v in options.items() if k not in LOADER_OPTIONS}
+
 
 def spec_hash(spec: RunSpec) -> str:
-    """SHA-256 of the spec's canonical JSON (key order and tuples normalised; the checkpoint path left out)."""
+    """SHA-256 of the spec's canonical JSON (normalised; the checkpoint path and the loader options left out)."""
     data = {k: v for k, v in spec.as_dict().items() if k not in NOT_HASHED}
+    data["data_options"] = identity_data_options(data["data_options"])
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -225,8 +235,9 @@ def cohort_key(spec: RunSpec) -> tuple[Any, ...]:
                    spec.weight_decay if spec.teacher_weight_decay is None else spec.teacher_weight_decay,
                    spec.schedule, spec.milestones,
                    spec.lr_decay, spec.warmup_epochs)
-    data = (spec.dataset, spec.val_fraction, spec.image_size, json.dumps(dict(spec.data_options), sort_keys=True),
-            spec.seed, spec.batch_size, spec.epochs, spec.amp, spec.channels_last)
+    options = json.dumps(identity_data_options(spec.data_options), sort_keys=True)
+    data = (spec.dataset, spec.val_fraction, spec.image_size, options, spec.seed, spec.batch_size, spec.epochs,
+            spec.amp, spec.channels_last)
     return data, teacher
 
 

@@ -10,6 +10,7 @@ from kdbench.config import (
     RunSpec,
     build_params,
     coerce_value,
+    cohort_key,
     method_label,
     parse_set_overrides,
     spec_hash,
@@ -42,6 +43,17 @@ def test_checkpoint_path_is_not_part_of_the_id():
     b = dataclasses.replace(a, teacher_ckpt="/b/t.pt")
     assert a.run_id == b.run_id
     assert dataclasses.replace(a, teacher_ckpt_sha256="cd").run_id != a.run_id
+
+
+def test_loader_options_are_kept_but_not_part_of_the_id():
+    """workers and prefetch change how fast the data loads, not the data: a store resumes with any values."""
+    plain = spec(dataset="imagenet", data_options={})
+    fast = spec(dataset="imagenet", data_options={"workers": 16, "prefetch": 8})
+    assert fast.run_id == plain.run_id
+    assert cohort_key(fast) == cohort_key(plain)
+    assert fast.as_dict()["data_options"] == {"workers": 16, "prefetch": 8}
+    other = spec(dataset="synthetic", data_options={"num_classes": 5})
+    assert other.run_id != spec(dataset="synthetic", data_options={"num_classes": 6}).run_id
 
 
 @pytest.mark.parametrize(
