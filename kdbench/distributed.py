@@ -343,9 +343,9 @@ def global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     count = x32.numel() // channels
     mean = x32.mean(dims) if count else x32.new_zeros(channels)
     m2 = (x32 - mean.view(shape)).square().sum(dims)
-    row = torch.cat([mean, m2, x32.new_tensor([float(count)])]).unsqueeze(0)
-    table = row.new_zeros(_WORLD.size, row.shape[1]).index_copy(0, torch.tensor([_WORLD.rank], device=x.device), row)
-    table = _SumOverRanks.apply(table)
+    row = torch.cat([mean, m2, x32.new_full((1,), float(count))]).unsqueeze(0)
+    # this rank's row in its own slot of a zero table (no host-to-device copy: no synchronisation on a GPU)
+    table = _SumOverRanks.apply(torch.nn.functional.pad(row, (0, 0, _WORLD.rank, _WORLD.size - 1 - _WORLD.rank)))
     means, m2s, counts = table[:, :channels], table[:, channels:2 * channels], table[:, 2 * channels:]
     total = counts.sum()
     global_mean = (counts * means).sum(0) / total
