@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 import kdbench
+from kdbench import distributed
 from kdbench.commands import COMMANDS
 from kdbench.commands.common import OneLineParser
 from kdbench.errors import KDBenchError
@@ -24,6 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.add_parser(subparsers)
     return parser
+
+
+def reports(err: KDBenchError) -> bool:
+    """Whether this process prints ``err``: under torchrun rank 0 speaks for the errors every rank has.
+
+    Those are the errors found before the ranks joined their process group (the checks of the command line and the
+    spec, the same on every rank) and rank 0's own that it shared (``from_rank0``); a rank's other errors are its own.
+    """
+    try:
+        rank = distributed.world_from_env().rank
+    except KDBenchError:
+        return True
+    joined = distributed.world().size > 1
+    return rank == 0 or (joined and not getattr(err, "from_rank0", False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except KDBenchError as err:
-        print(f"kdbench: error: {err}", file=sys.stderr)
+        if reports(err):
+            print(f"kdbench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdbench: interrupted; finished runs are saved, run the same command again to resume",

@@ -25,7 +25,7 @@ from kdbench import distributed, measure
 from kdbench.config import RunSpec
 from kdbench.data import DATA_ROOT_ENV, DataConfig, Splits, dataset_fingerprint, load_dataset
 from kdbench.env import environment, resolve_device
-from kdbench.errors import DataError
+from kdbench.errors import ConfigError, DataError, KDBenchError, ModelError
 from kdbench.models import count_params_m
 from kdbench.plan import make_plan
 from kdbench.results import read_record, write_record
@@ -174,11 +174,28 @@ def claimed_by_rank0(results: Path, specs: Sequence[RunSpec], retry_failed: bool
         yield [spec for spec in specs if spec.run_id in ids]
 
 
+def shared_error(err: BaseException) -> KDBenchError:
+    """Rank 0's failure as the other ranks raise it under torchrun.
+
+    The same :mod:`kdbench.errors` type (``KDBenchError`` for any other) with the first line of the message, marked
+    ``from_rank0``: every rank has it, so the CLI leaves it to rank 0 to print.
+    """
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    if type(err) in (KDBenchError, ConfigError, DataError, ModelError):
+        copy = type(err)(text)
+    else:
+        copy = KDBenchError(f"{type(err).__name__}: {text}")
+    copy.from_rank0 = True  # type: ignore[attr-defined]
+    return copy
+
+
 def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.device, label: str = "") -> None:
     """Claim, train, evaluate, measure and record one cohort of runs.
 
     Under torchrun every rank calls it: rank 0 claims the runs, prepares (trains) a missing teacher while the others
-    wait, and writes the records; the training and the evaluation are shared by all ranks.
+    wait, and writes the records; the training and the evaluation are shared by all ranks. A teacher that rank 0
+    cannot prepare fails every rank at once with the same one-line error (see :func:`shared_error`).
     """
     main = distributed.is_main()
     with claimed_by_rank0(Path(options.results), specs, options.retry_failed) as mine:
@@ -190,10 +207,16 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
         users = [s for s in mine if s.teacher is not None and s.teacher_source != "self"]
         teacher_costs: dict[str, Any] = {}
         if users:
-            if main:
-                teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar,
-                                          log=options.log)
-            distributed.barrier()  # the others read the teacher rank 0 cached
+            try:
+                if main:
+                    teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar,
+                                              log=options.log)
+            except Exception as err:
+                distributed.broadcast(shared_error(err))  # the others fail at once, with the same line
+                raise
+            failure = distributed.broadcast(None)  # rank 0's outcome; once it is None, the teacher is cached
+            if failure is not None:
+                raise failure
             if not main:
                 teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar,
                                           log=lambda _: None)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from kdbench import distributed
 from kdbench.config import RunSpec
 from kdbench.distiller import discover_methods, load_plugin_file
 from kdbench.engine import ExecOptions, load_splits, progress_bars, run_cohort
@@ -156,11 +157,20 @@ class LocalExecutor(Executor):
     a teacher that fails is not tried again for the cohorts after it, whose runs are left without records. When
     it has gone through every cohort, it plans again: runs another process had claimed and then abandoned (it
     died) are trained now; runs another process is still training are left to it.
+
+    Under torchrun (``torchrun --nproc-per-node N -m kdbench sweep``) every rank goes through the same cohorts in the
+    same order and trains each data-parallel (see :mod:`kdbench.distributed`); rank 0 takes every decision that
+    depends on the results store or on a failure (the cohorts, each teacher's outcome, the next plan) and
+    broadcasts it, and only rank 0 writes notes.
     """
 
     def run(self, job: SweepJob, bar: RunBar) -> SweepOutcome:
         """See :meth:`Executor.run`."""
         return _LocalSweep(job, bar).run()
+
+
+def _silent(line: str) -> None:
+    """A log that drops its lines: the notes of every rank but rank 0."""
 
 
 class _LocalSweep:
@@ -169,17 +179,21 @@ class _LocalSweep:
     def __init__(self, job: SweepJob, bar: RunBar) -> None:
         self.job = job
         self.bar = bar
-        self.device = resolve_device(job.options.device)
-        self.options = dataclasses.replace(job.options, log=bar.write)
+        _, self.device = distributed.setup(resolve_device(job.options.device))  # joins the ranks under torchrun
+        self.main = distributed.is_main()
+        self.cohorts: list[list[RunSpec]] = distributed.broadcast(job.cohorts)  # rank 0's plan, on every rank
+        self.pending = [spec for cohort in self.cohorts for spec in cohort]
+        self.write = bar.write if self.main else _silent
+        self.options = dataclasses.replace(job.options, log=self.write)
         self.outcome = SweepOutcome()
         self.teacher_errors: dict[str, str] = {}
         self.teachers_ready: set[str] = set()
-        self.start = {spec.run_id: _record_stamp(self.options.results, spec.run_id) for spec in job.pending}
+        self.start = {spec.run_id: _record_stamp(self.options.results, spec.run_id) for spec in self.pending}
         self.finished: set[str] = set()
 
     def run(self) -> SweepOutcome:
         given_up: set[str] = set()
-        cohorts = self.job.cohorts
+        cohorts = self.cohorts
         while cohorts:
             progressed = 0
             for number, cohort in enumerate(cohorts, 1):
@@ -187,23 +201,34 @@ class _LocalSweep:
                 if error is None:
                     try:
                         run_cohort(cohort, self.options, self.device, label=f"[{number}/{len(cohorts)}]")
-                    except KDBenchError as err:
+                    except KDBenchError as err:  # under torchrun every rank raises it (rank 0's, shared)
                         error = str(err)
                         self.outcome.problems.append(f"{_cohort_label(cohort)}: {err}")
-                        self.bar.write(f"FAILED {_cohort_label(cohort)}: {err}")
+                        self.write(f"FAILED {_cohort_label(cohort)}: {err}")
                 if error is not None:
                     given_up.update(s.run_id for s in cohort)
                 progressed += self.count_finished(cohort)
-            self.count_finished(self.job.pending)  # runs other processes finished meanwhile
-            if not progressed:
-                break
+            cohorts = distributed.broadcast(self.next_plan(progressed, given_up) if self.main else None)
             self.options = dataclasses.replace(self.options, retry_failed=False)  # a failed run is retried once
-            left = [s for s in self.job.pending if s.run_id not in self.finished and s.run_id not in given_up]
-            cohorts = make_plan(left, self.options).cohorts if left else []
+        self.outcome.problems = distributed.broadcast(self.outcome.problems)  # every rank returns rank 0's outcome
         return self.outcome
 
+    def next_plan(self, progressed: int, given_up: set[str]) -> list[list[RunSpec]]:
+        """The cohorts of the next pass (rank 0's decision): what is still missing, or none when nothing progressed."""
+        self.count_finished(self.pending)  # runs other processes finished meanwhile
+        if not progressed:
+            return []
+        options = dataclasses.replace(self.options, retry_failed=False)
+        left = [s for s in self.pending if s.run_id not in self.finished and s.run_id not in given_up]
+        return make_plan(left, options).cohorts if left else []
+
     def count_finished(self, specs: Sequence[RunSpec]) -> int:
-        """Count (and advance the bar by) the runs of ``specs`` whose record appeared or changed since the start."""
+        """Count (and advance the bar by) the runs of ``specs`` whose record appeared or changed since the start.
+
+        Rank 0 counts; the other ranks count nothing (the next plan is rank 0's).
+        """
+        if not self.main:
+            return 0
         new = {s.run_id for s in specs if s.run_id not in self.finished
                and _record_stamp(self.options.results, s.run_id) != self.start[s.run_id]}
         self.finished.update(new)
@@ -211,13 +236,19 @@ class _LocalSweep:
         return len(new)
 
     def prepare_teacher(self, cohort: Sequence[RunSpec]) -> str | None:
-        """Make the cohort's trained teacher ready in the cache; the error line if it cannot be."""
+        """Make the cohort's trained teacher ready in the cache; the error line if it cannot be.
+
+        Under torchrun rank 0 prepares (trains) it while the others wait, and every rank gets rank 0's outcome.
+        """
+        return distributed.broadcast(self._prepare_teacher(cohort) if self.main else None)
+
+    def _prepare_teacher(self, cohort: Sequence[RunSpec]) -> str | None:
         user = trained_teacher_user(cohort)
         if user is None:
             return None
         key = teacher_key(user)
         if key in self.teacher_errors:
-            self.bar.write(f"skipped {_cohort_label(cohort)}: its teacher failed")
+            self.write(f"skipped {_cohort_label(cohort)}: its teacher failed")
             return self.teacher_errors[key]
         if key in self.teachers_ready or teacher_cached(self.options.teacher_dir, key):
             self.teachers_ready.add(key)
@@ -225,11 +256,11 @@ class _LocalSweep:
         try:
             splits = load_splits(user, self.options, self.device)
             prepare_teacher(user, splits, self.device, self.options.teacher_dir,
-                            progress=progress_bars(self.options.progress), log=self.bar.write)
+                            progress=progress_bars(self.options.progress), log=self.write)
         except KDBenchError as err:
             self.teacher_errors[key] = f"teacher {user.teacher} ({user.dataset}, {user.teacher_epochs} epochs): {err}"
             self.outcome.problems.append(self.teacher_errors[key])
-            self.bar.write(f"FAILED {self.teacher_errors[key]}")
+            self.write(f"FAILED {self.teacher_errors[key]}")
             return self.teacher_errors[key]
         self.teachers_ready.add(key)
         return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdbench import distributed
 from kdbench.commands.common import add_execution_flags, add_store_flags
 from kdbench.config import RunSpec, build_params, method_label
 from kdbench.distiller import get_method
@@ -173,9 +174,11 @@ def prepare_sweep(args: argparse.Namespace) -> SweepSetup:
         SpecError: the spec's problems (all of them) or its data's.
         ConfigError: a bad flag.
     """
-    if world_from_env().size > 1:
-        raise ConfigError("kdbench sweep does not run under torchrun yet; launch `kdbench run` under torchrun "
-                          "(one pair per launch), or use --executor ray")
+    if world_from_env().size > 1 and args.executor != "local":
+        hint = " (--gpus-per-run N trains each cohort data-parallel on N Ray workers)" if args.executor == "ray" else ""
+        raise ConfigError(f"--executor {args.executor} does not run under torchrun: launch `kdbench sweep --executor "
+                          f"{args.executor}` once, without torchrun{hint}; under torchrun only the local executor "
+                          "runs (every rank trains each cohort data-parallel)")
     spec = load_sweep_spec(args.spec, extra_plugins=args.plugin)
     settings = execution_settings(spec, args)
     check_trackers(args.trackers)
@@ -201,9 +204,14 @@ def prepare_sweep(args: argparse.Namespace) -> SweepSetup:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``kdbench sweep``: check the spec, print the plan, execute what is not done, print the leaderboard."""
+    """``kdbench sweep``: check the spec, print the plan, execute what is not done, print the leaderboard.
+
+    Under torchrun every rank runs it and returns the same exit code; rank 0 alone prints (see
+    :class:`~kdbench.executors.LocalExecutor`).
+    """
+    main = world_from_env().rank == 0
     if args.list_configs:
-        for name, description in packaged_configs().items():
+        for name, description in packaged_configs().items() if main else ():
             print(f"{name:<16} {description}")
         return 0
     if not args.spec:
@@ -211,12 +219,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         setup = prepare_sweep(args)
     except SpecError as err:
-        for line in err.lines:
+        for line in err.lines if main else ():
             print(f"kdbench: error: {line}", file=sys.stderr)
         return 2
     plan = make_plan(setup.runs, setup.options)
     if args.dry_run:
-        print("\n".join(describe_plan(setup.spec, setup.runs, plan, setup.options)))
+        if main:
+            print("\n".join(describe_plan(setup.spec, setup.runs, plan, setup.options)))
         return 0
     if plan.pending:
         check_writable(setup.options.results)  # before any training: a store that cannot take the records
@@ -226,10 +235,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def execute_sweep(setup: SweepSetup, plan: Plan, write: Callable[[str], None] | None = None) -> int:
     """Train the plan's pending cohorts with the chosen executor; print the outcome and the leaderboard.
 
+    Under torchrun (the local executor) rank 0 alone prints, and every rank returns the same code.
+
     Returns:
         0 when every run of the sweep is ``ok`` (or still being trained by another process), else 1.
     """
-    note = write or (lambda line: print(f"kdbench: {line}", file=sys.stderr))
+    main = world_from_env().rank == 0
+    note = (write or (lambda line: print(f"kdbench: {line}", file=sys.stderr))) if main else (lambda line: None)
     teachers = teacher_status(setup.runs, plan, setup.options.teacher_dir)
     to_train = [t for t in teachers if t["state"] == "to train"]
     note(plan_headline(setup.spec, setup.runs, plan)
@@ -237,8 +249,9 @@ def execute_sweep(setup: SweepSetup, plan: Plan, write: Callable[[str], None] | 
     job = SweepJob(cohorts=plan.cohorts, options=setup.options, plugins=setup.spec.plugins, num_cpus=setup.num_cpus,
                    num_gpus=setup.num_gpus, ray_address=setup.ray_address, gpus_per_run=setup.gpus_per_run)
     executor = EXECUTORS.get(setup.executor)()
-    with RunBar(total=len(plan.pending), enabled=setup.options.progress) as bar:
+    with RunBar(total=len(plan.pending), enabled=setup.options.progress and main) as bar:
         outcome = executor.run(job, bar)
+    distributed.barrier()  # under torchrun: rank 0 has written every record before any rank reads them
     records = [r for r in (read_record(setup.options.results, s.run_id) for s in setup.runs) if r is not None]
     ok = sum(r.get("status") == "ok" for r in records)
     failed = len(records) - ok
@@ -252,6 +265,6 @@ def execute_sweep(setup: SweepSetup, plan: Plan, write: Callable[[str], None] | 
     for problem in outcome.problems:
         note(f"error: {problem}")
     note(summary)
-    if records:
+    if records and main:
         print(console_leaderboard(records_frame(records)))
     return 1 if failed or outcome.problems else 0

@@ -121,9 +121,13 @@ def _note(line: str) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """``kdbench tune``: check the spec, search every study, train the final runs, print the leaderboard."""
+    from kdbench.distributed import world_from_env
     from kdbench.sweep import SpecError
     from kdbench.tune import import_optuna, load_tune_spec, plan_studies, run_tune
 
+    if world_from_env().size > 1:
+        raise ConfigError("kdbench tune does not run under torchrun (its trials are many small runs): run it without "
+                          "torchrun, in one process (--executor ray spreads the trials over a cluster's GPUs)")
     import_optuna()
     try:
         spec = load_tune_spec(args.spec, extra_plugins=args.plugin, trials=args.trials)
