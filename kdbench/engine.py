@@ -217,9 +217,9 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
             failure = distributed.broadcast(None)  # rank 0's outcome; once it is None, the teacher is cached
             if failure is not None:
                 raise failure
-            if not main:
+            if not main:  # rank 0 cached it: the others read it, and never train one of their own
                 teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar,
-                                          log=lambda _: None)
+                                          log=lambda _: None, train=False)
             if options.measure:
                 teacher_costs = _teacher_costs(teacher, splits)
         members = []

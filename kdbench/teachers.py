@@ -192,7 +192,8 @@ def _finish(name: str, model: nn.Module, source: str, sha256: str | None, splits
 
 
 def prepare_teacher(spec: RunSpec, splits: Splits, device: torch.device, cache_dir: Path,
-                    progress: ProgressFactory | None = None, log: Callable[[str], None] = print) -> Teacher:
+                    progress: ProgressFactory | None = None, log: Callable[[str], None] = print,
+                    train: bool = True) -> Teacher:
     """The teacher of ``spec``, ready on ``device``: loaded from the cache, a checkpoint or timm, or trained.
 
     Args:
@@ -202,9 +203,11 @@ def prepare_teacher(spec: RunSpec, splits: Splits, device: torch.device, cache_d
         cache_dir: the teacher cache folder.
         progress: makes a progress bar for teacher training.
         log: where one-line notes go (a retrained corrupt checkpoint, say).
+        train: train a teacher the cache lacks (``False``: the cache must hold it; the other ranks under torchrun).
 
     Raises:
-        KDBenchError: a given checkpoint is missing, unreadable, changed since the spec was made, or does not fit.
+        KDBenchError: a given checkpoint is missing, unreadable, changed since the spec was made, or does not fit;
+            or, with ``train=False``, the cache lacks the teacher.
     """
     assert spec.teacher is not None
     info = splits.info
@@ -222,11 +225,11 @@ def prepare_teacher(spec: RunSpec, splits: Splits, device: torch.device, cache_d
         model = create_model(spec.teacher, **build)
         load_weights(model, read_state_dict(path), str(path), spec.teacher)
         return _finish(spec.teacher, model, "checkpoint", sha, splits, spec, device)
-    return _cached_or_trained(spec, splits, device, cache_dir, progress, log)
+    return _cached_or_trained(spec, splits, device, cache_dir, progress, log, train)
 
 
 def _cached_or_trained(spec: RunSpec, splits: Splits, device: torch.device, cache_dir: Path,
-                       progress: ProgressFactory | None, log: Callable[[str], None]) -> Teacher:
+                       progress: ProgressFactory | None, log: Callable[[str], None], train: bool = True) -> Teacher:
     assert spec.teacher is not None
     info = splits.info
     key = teacher_key(spec)
@@ -236,6 +239,10 @@ def _cached_or_trained(spec: RunSpec, splits: Splits, device: torch.device, cach
         if cached is not None:
             model, sha = cached
             return _finish(spec.teacher, model, "trained", sha, splits, spec, device)
+        if not train:
+            raise KDBenchError(f"the trained teacher {spec.teacher} is not in the teacher cache {cache_dir} on this "
+                               "node; under torchrun on several nodes, put the results folder (or --teacher-cache) "
+                               "on a file system every node shares")
         tspec = teacher_spec(spec)
         member = Member(tspec, info, None, device, train_labels=splits.labels("train"))
         total = tspec.epochs * splits.num_batches("train", tspec.batch_size)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from kdbench import cli, distributed
@@ -78,6 +79,32 @@ def test_ray_and_slurm_executors_are_refused_under_torchrun_in_one_line(tmp_path
     assert cli.main(["sweep", str(spec), "--executor", executor, "--results", str(results), "--device", "cpu"]) == 2
     assert capsys.readouterr() == ("", "")
     assert not results.exists()
+
+
+def test_a_bad_flag_under_torchrun_is_printed_by_rank_0_only(capsys, monkeypatch):
+    for rank, printed in ((1, False), (0, True)):
+        as_rank(monkeypatch, rank)
+        assert cli.main(["run", "--epochs", "zero"]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert (len(err.strip().splitlines()) == 1 and "error:" in err) if printed else err == ""
+
+
+def test_other_ranks_read_the_teacher_and_never_train_one(tmp_path):
+    """Under torchrun only rank 0 trains a teacher; a rank that cannot find it (a cache that is not shared) says so."""
+    from kdbench.data import DataConfig, load_dataset
+    from kdbench.plan import expand
+    from kdbench.teachers import prepare_teacher
+
+    (spec,) = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={"kd": {}}, seeds=[0],
+                     epochs=1, teacher_epochs=1)
+    splits = load_dataset(DataConfig("digits"))
+    with pytest.raises(KDBenchError, match="not in the teacher cache .* file system every node shares"):
+        prepare_teacher(spec, splits, torch.device("cpu"), tmp_path / "teachers", log=lambda _: None, train=False)
+    assert not list((tmp_path / "teachers").glob("*.pt"))
+    trained = prepare_teacher(spec, splits, torch.device("cpu"), tmp_path / "teachers", log=lambda _: None)
+    read = prepare_teacher(spec, splits, torch.device("cpu"), tmp_path / "teachers", log=lambda _: None, train=False)
+    assert read.sha256 == trained.sha256
 
 
 def test_tune_is_refused_under_torchrun_in_one_line(tmp_path, capsys, monkeypatch):

@@ -7,6 +7,7 @@ to ``None`` instead, so that the spec's setting (and then those same defaults) a
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -24,7 +25,9 @@ class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (no usage dump) with exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        """Print ``kdbench <cmd>: error: <message>`` and exit 2."""
+        """Print ``kdbench <cmd>: error: <message>`` and exit 2 (under torchrun, rank 0 alone prints it)."""
+        if os.environ.get("RANK", "0") != "0":
+            self.exit(2)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
