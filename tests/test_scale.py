@@ -119,3 +119,43 @@ def test_compile_trains_and_is_recorded_but_not_part_of_the_run_id(tmp_path: Pat
     assert compiled["compile"] is True and eager["compile"] is False
     assert abs(compiled["top1"] - eager["top1"]) <= 3.0  # the same computation, up to rounding
     assert compiled["history"][0]["loss"] == pytest.approx(eager["history"][0]["loss"], rel=1e-3)
+
+
+def _steps_without_host_sync(device: torch.device, method: str, check: bool) -> None:
+    """Three training steps of ``method`` after a warm-up one; with ``check``, any host synchronisation raises."""
+    from kdbench.data import DataConfig, load_dataset
+    from kdbench.features import describe_model
+    from kdbench.models import create_model
+    from kdbench.plan import expand
+    from kdbench.training import Member, teacher_outputs
+
+    splits = load_dataset(DataConfig("digits", device=str(device)))
+    info = splits.info
+    (spec,) = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={method: {}}, seeds=[0],
+                     epochs=1, teacher_epochs=1, batch_size=32)
+    teacher = create_model(TINY_TEACHER, num_classes=info.num_classes, in_chans=info.in_chans,
+                           image_size=info.image_size).to(device).eval()
+    teacher_info = describe_model(teacher, TINY_TEACHER, info.in_chans, info.image_size)
+    member = Member(spec, info, teacher_info, device, train_labels=splits.labels("train"))
+    generator = torch.Generator(device=device).manual_seed(0)
+    batches = splits.train_batches(32, generator)
+    for iteration in range(4):
+        batch = next(batches)
+        out = teacher_outputs(teacher, batch.images, {}, [member], amp=False) if member.uses_teacher else None
+        if iteration == 1 and check:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            member.train_step(batch.images, batch.labels, batch.indices, out, 0, iteration, 40)
+        finally:
+            if check:
+                torch.cuda.set_sync_debug_mode(0)
+    assert member.active and member.stats.steps == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "fitnets", "at"])
+def test_a_training_step_makes_no_host_synchronisation_on_a_gpu(method: str):
+    """The step on a GPU: no .item(), no non-finite check, no RNG swap that waits for the device (CUDA's sync debug
+    mode turns any host synchronisation into an error)."""
+    _steps_without_host_sync(torch.device("cuda"), method, check=True)
