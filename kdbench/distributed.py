@@ -83,6 +83,19 @@ def world_from_env() -> World:
     return World(size, rank, local_rank)
 
 
+def check_batch_sizes(batch_sizes: Sequence[int]) -> None:
+    """Under torchrun, every global batch must give each process a share (checked before the ranks join).
+
+    Raises:
+        ConfigError: a batch size smaller than the number of processes.
+    """
+    size = world_from_env().size
+    smallest = min(batch_sizes, default=size)
+    if smallest < size:
+        raise ConfigError(f"--batch-size {smallest} is smaller than the {size} processes torchrun started: the batch "
+                          "size is the global batch, and each process needs a share of it")
+
+
 _WORLD = World()
 _COLLECTIVE = False
 
@@ -165,6 +178,17 @@ def share(items: Sequence[T]) -> Sequence[T]:
         return items
     start, stop = _bounds(len(items))
     return items[start:stop]
+
+
+def share_weight(share: int, whole: int) -> float:
+    """The factor of a rank's mean loss over its ``share`` of a global batch of ``whole`` samples: share x N / whole.
+
+    Averaged over the N ranks, the weighted gradients are the gradient of the mean over the whole batch, also when
+    the shares differ in size (a batch size that N does not divide). 1 outside a collective block.
+    """
+    if not enabled() or whole <= 0:
+        return 1.0
+    return share * _WORLD.size / whole
 
 
 def average_gradients(optimizer: torch.optim.Optimizer) -> None:

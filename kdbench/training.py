@@ -465,7 +465,7 @@ class Member:
     def train_step(self, images: Tensor, labels: Tensor, indices: Tensor,
                    teacher: TeacherOutput | dict[str, TeacherOutput] | None, epoch: int, iteration: int,
                    iterations: int, *, views: dict[str, Tensor] | None = None, phase: str = "train",
-                   optimizer: torch.optim.Optimizer | None = None) -> None:
+                   optimizer: torch.optim.Optimizer | None = None, weight: float = 1.0) -> None:
         """One optimisation step of this member on a shared batch.
 
         Args:
@@ -481,6 +481,7 @@ class Member:
             phase: ``"train"``, or ``"init"`` for the initialisation phase (constant learning rate, the method's
                 ``init_losses``, the optimiser over its ``init_parameters``).
             optimizer: the initialisation phase's optimiser.
+            weight: the factor of the loss's gradient (under torchrun, :func:`kdbench.distributed.share_weight`).
         """
         spec = self.spec
         init = phase == "init"
@@ -503,14 +504,14 @@ class Member:
                 where = "initialisation epoch" if init else "epoch"
                 raise NonFiniteLoss(f"non-finite loss at {where} {epoch + 1}, step {iteration + 1} ({values})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight if weight != 1.0 else loss).backward()
             distributed.average_gradients(optimizer)
             optimizer.step()
         logits = step.student_logits
         stats = self.stats
-        for name, value in terms.items():
-            stats.loss_sums[name] = stats.loss_sums.get(name, 0.0) + value.detach().float()
-        stats.loss_sums["loss"] = stats.loss_sums.get("loss", 0.0) + loss.detach()
+        for name, value in terms.items():  # weighted as the gradient, so the ranks' mean is the whole batch's
+            stats.loss_sums[name] = stats.loss_sums.get(name, 0.0) + value.detach().float() * weight
+        stats.loss_sums["loss"] = stats.loss_sums.get("loss", 0.0) + loss.detach() * weight
         correct = (logits.detach().argmax(1) == labels).sum()
         stats.correct = correct if stats.correct is None else stats.correct + correct
         stats.seen += len(labels)
@@ -666,6 +667,7 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
         view_generators[name] = torch.Generator(device=device)
         view_generators[name].manual_seed(distributed.rank_seed(view_seed(seed, name)))
     clock = StepClock(device)
+    num_train = int(splits.info.sizes.get("train", 0))
     for epoch in range(epochs):
         shared_before = {id(m): m.shared_time_s + m.own_time_s for m in members}
         batches = splits.train_batches(first.batch_size, generator)
@@ -677,6 +679,9 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                 break
             if not splits.shards_train_batches:
                 batch = Batch(*distributed.shard(batch.images, batch.labels, batch.indices))
+            # under torchrun, this rank's share of the global batch (the epoch's last batch may be short)
+            whole = min(first.batch_size, num_train - iteration * first.batch_size)
+            weight = distributed.share_weight(len(batch.labels), whole)
             active = [m for m in members if m.active]
             if not active:
                 clock.settle()
@@ -702,7 +707,7 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                 try:
                     m.train_step(images, batch.labels, batch.indices, out, epoch, iteration, iterations,
                                  views={v: views[v] for v in m.method.extra_views}, phase=phase,
-                                 optimizer=optimizer)
+                                 optimizer=optimizer, weight=weight)
                 except Exception as err:  # noqa: BLE001 - one member's failure must not stop the others
                     m.fail(err)
                 tock = clock.mark()

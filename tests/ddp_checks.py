@@ -71,6 +71,31 @@ def batchnorm_matches_the_whole_batch(make: Callable[[], nn.Module], batch: int,
     check(f"{name}: state-dict keys", list(layer.state_dict()) == list(reference.state_dict()))
 
 
+def shares_weighted_as_the_whole_batch() -> None:
+    """Shares of unequal size (3 and 4 of 7): weighted losses, averaged gradients = the whole batch's gradient."""
+    torch.manual_seed(1)
+    reference = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 9, 5))
+    x, y = torch.randn(7, 3, 5, 5), torch.randint(0, 5, (7,))
+    nn.functional.cross_entropy(reference(x), y).backward()
+    grads = {}
+    for weighted in (True, False):
+        model = copy.deepcopy(reference)
+        model.zero_grad()
+        distributed.sync_batchnorm(model)
+        mine_x, mine_y = distributed.shard(x, y)
+        loss = nn.functional.cross_entropy(model(mine_x), mine_y)
+        weight = distributed.share_weight(len(mine_y), len(y)) if weighted else 1.0
+        (loss * weight).backward()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        distributed.average_gradients(optimizer)
+        grads[weighted] = [p.grad for p in model.parameters()]
+    expected = [p.grad for p in reference.parameters()]
+    check("share weights: the whole batch's gradient",
+          all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[True], expected, strict=True)))
+    check("share weights: unweighted shares differ",
+          not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[False], expected, strict=True)))
+
+
 def main() -> None:
     distributed.setup(torch.device("cpu"))
     world = distributed.world()
@@ -85,6 +110,8 @@ def main() -> None:
         shard_rows, shard_labels = distributed.shard(rows, labels)
         gathered = distributed.gather(shard_rows, shard_labels)
         check("gather of unequal shards", torch.equal(gathered[0], rows) and torch.equal(gathered[1], labels))
+
+        shares_weighted_as_the_whole_batch()
 
         torch.manual_seed(world.rank)  # different weights on each rank until the broadcast
         model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))

@@ -50,6 +50,30 @@ def test_helpers_are_no_ops_in_a_world_of_one():
         assert distributed.broadcast({"a": 1}) == {"a": 1}
 
 
+def test_a_last_batch_too_small_to_share_is_dropped_under_torchrun(monkeypatch):
+    from kdbench.data.base import train_batch_count
+
+    assert train_batch_count(10, 4) == 3  # one process: a last batch of 2 trains
+    monkeypatch.setattr(distributed, "_WORLD", distributed.World(4, 0, 0))
+    assert train_batch_count(10, 4) == 3  # outside a collective block, as in one process
+    with distributed.collective():
+        assert train_batch_count(10, 4) == 2  # 2 images cannot give 4 processes a share each
+        assert train_batch_count(12, 8) == 2
+        assert distributed.share_weight(3, 7) == pytest.approx(3 * 4 / 7)
+
+
+def test_a_batch_smaller_than_the_process_count_is_one_line(monkeypatch, capsys):
+    from kdbench import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert cli.main([*RUN, "--batch-size", "2", "--method", "ce"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "--batch-size 2 is smaller than the 4 processes" in err
+
+
 @pytest.mark.slow
 def test_a_two_process_run_writes_one_record_and_one_teacher(tmp_path: Path):
     results = tmp_path / "ddp"
@@ -114,8 +138,11 @@ def test_collectives_match_one_process():
 
 @pytest.mark.slow
 def test_a_batchnorm_student_trains_as_in_one_process(tmp_path: Path):
-    """Sharded batches, global-batch BatchNorm, averaged gradients, gathered evaluation = the one-process run."""
-    args = [*RUN, "--epochs", "2", "--method", "ce", "--method", "kd"]
+    """Sharded batches, global-batch BatchNorm, averaged gradients, gathered evaluation = the one-process run.
+
+    Batch 63: shares of 31 and 32 images, weighted so that their averaged gradients are the whole batch's.
+    """
+    args = [*RUN, "--epochs", "2", "--batch-size", "63", "--method", "ce", "--method", "kd"]
     done = torchrun([*args, "--results", str(tmp_path / "two")], timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     single = subprocess.run([sys.executable, "-m", "kdbench", *args, "--results", str(tmp_path / "one")],

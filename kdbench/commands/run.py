@@ -20,7 +20,7 @@ from kdbench.commands.common import add_execution_flags, add_store_flags, key_va
 from kdbench.config import OPTIMIZERS, SCHEDULES, RunSpec, dataclass_defaults, parse_set_overrides
 from kdbench.data import DATASETS, DataConfig, describe_dataset
 from kdbench.distiller import get_method, list_methods, load_plugin_file
-from kdbench.distributed import world_from_env
+from kdbench.distributed import check_batch_sizes, world_from_env
 from kdbench.engine import ExecOptions, execute
 from kdbench.env import resolve_device
 from kdbench.errors import ConfigError, KDBenchError
@@ -238,6 +238,7 @@ def exec_options(args: argparse.Namespace) -> ExecOptions:
 def cmd_run(args: argparse.Namespace) -> int:
     """``kdbench run``: plan, train what is not done, print the leaderboard."""
     specs = build_run_specs(args)
+    check_batch_sizes([spec.batch_size for spec in specs])
     options = exec_options(args)
     resolve_device(options.device)
     plan = make_plan(specs, options)

@@ -184,6 +184,7 @@ def prepare_sweep(args: argparse.Namespace) -> SweepSetup:
     check_trackers(args.trackers)
     check_sweep_data(spec, settings["data_root"], settings["download"])
     runs = expand_sweep(spec, settings["data_root"])
+    distributed.check_batch_sizes([run.batch_size for run in runs])
     if args.executor == "local":
         resolve_device(settings["device"])
     elif args.executor == "ray":

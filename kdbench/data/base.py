@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
+from kdbench import distributed
 from kdbench.errors import ConfigError, DataError
 from kdbench.registry import Registry
 
@@ -275,8 +276,13 @@ def check_batch_size(batch_size: int) -> None:
 
 
 def train_batch_count(n: int, batch_size: int) -> int:
-    """Batches in a training epoch: a last batch of a single image is dropped (BatchNorm cannot train on one)."""
-    return n // batch_size + (1 if n % batch_size > 1 else 0)
+    """Batches in a training epoch: a last batch of a single image is dropped (BatchNorm cannot train on one).
+
+    Under torchrun (in a collective block) a last batch with fewer images than processes is dropped too: every
+    process must get a share.
+    """
+    smallest = max(2, distributed.world().size if distributed.enabled() else 1)
+    return n // batch_size + (1 if n % batch_size >= smallest else 0)
 
 
 def eval_batch_count(n: int, batch_size: int) -> int:
