@@ -83,17 +83,22 @@ def world_from_env() -> World:
     return World(size, rank, local_rank)
 
 
-def check_batch_sizes(batch_sizes: Sequence[int]) -> None:
-    """Under torchrun, every global batch must give each process a share (checked before the ranks join).
+def check_batch_sizes(batch_sizes: Sequence[int], processes: int | None = None, who: str = "torchrun started") -> None:
+    """Every global batch must give each process a share (checked before the ranks join).
+
+    Args:
+        batch_sizes: the runs' (global) batch sizes.
+        processes: how many processes train each run (default: the torchrun world's size).
+        who: what starts them, for the message.
 
     Raises:
         ConfigError: a batch size smaller than the number of processes.
     """
-    size = world_from_env().size
+    size = world_from_env().size if processes is None else processes
     smallest = min(batch_sizes, default=size)
     if smallest < size:
-        raise ConfigError(f"--batch-size {smallest} is smaller than the {size} processes torchrun started: the batch "
-                          "size is the global batch, and each process needs a share of it")
+        raise ConfigError(f"--batch-size {smallest} is smaller than the {size} processes {who}: the batch size is the "
+                          "global batch, and each process needs a share of it")
 
 
 _WORLD = World()

@@ -51,3 +51,17 @@ def test_gpus_per_run_above_one_needs_the_ray_executor(tmp_path, capsys):
     assert main(["sweep", str(spec), "--gpus-per-run", "2", "--results", str(tmp_path / "r")]) == 2
     assert "--gpus-per-run must be >= 1 and needs --executor ray" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_batch_smaller_than_the_gpus_per_run_is_one_line(tmp_path, capsys):
+    from kdbench.cli import main
+
+    pytest.importorskip("ray")
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({"dataset": "digits", "student": TINY_STUDENT, "methods": ["ce"],
+                                    "batch_size": 2}))
+    assert main(["sweep", str(spec), "--executor", "ray", "--gpus-per-run", "4", "--results",
+                 str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--batch-size 2 is smaller than the 4 processes" in err
+    assert not (tmp_path / "r").exists()

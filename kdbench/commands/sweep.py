@@ -193,6 +193,7 @@ def prepare_sweep(args: argparse.Namespace) -> SweepSetup:
         import_submitit()
     if args.gpus_per_run < 1 or (args.gpus_per_run > 1 and args.executor != "ray"):
         raise ConfigError(f"--gpus-per-run must be >= 1 and needs --executor ray above 1 (got {args.gpus_per_run})")
+    distributed.check_batch_sizes([run.batch_size for run in runs], args.gpus_per_run, "--gpus-per-run asks for")
     options = ExecOptions(
         results=args.results.expanduser().resolve(),
         teacher_cache=args.teacher_cache.expanduser().resolve() if args.teacher_cache else None,
