@@ -368,10 +368,13 @@ def global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     channels = x.shape[1]
     dims = [0, *range(2, x.dim())]
     shape = [1, channels] + [1] * (x.dim() - 2)
-    x32 = x.float()
+    x32 = x.float()  # the statistics in float32 also under bf16 autocast (a no-op for float32 inputs)
     count = x32.numel() // channels
-    mean = x32.mean(dims) if count else x32.new_zeros(channels)
-    m2 = (x32 - mean.view(shape)).square().sum(dims)
+    if count:
+        var, mean = torch.var_mean(x32, dim=dims, correction=0)  # one fused pass over the shard
+        m2 = var * count
+    else:
+        mean = m2 = x32.new_zeros(channels)
     row = torch.cat([mean, m2, x32.new_full((1,), float(count))]).unsqueeze(0)
     # this rank's row in its own slot of a zero table (no host-to-device copy: no synchronisation on a GPU)
     table = _SumOverRanks.apply(torch.nn.functional.pad(row, (0, 0, _WORLD.rank, _WORLD.size - 1 - _WORLD.rank)))
@@ -379,7 +382,6 @@ def global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     total = counts.sum()
     global_mean = (counts * means).sum(0) / total
     global_m2 = m2s.sum(0) + (counts * (means - global_mean).square()).sum(0)
-    var = global_m2 / total
     if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
@@ -387,7 +389,8 @@ def global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
             unbiased = global_m2 / (total - 1).clamp(min=1)
             bn.running_mean.lerp_(global_mean.to(bn.running_mean.dtype), factor)
             bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
-    y = (x32 - global_mean.view(shape)) * torch.rsqrt(var + bn.eps).view(shape)
+    scale = torch.rsqrt(global_m2 / total + bn.eps)
+    shift = -global_mean * scale
     if bn.affine:
-        y = y * bn.weight.view(shape) + bn.bias.view(shape)
-    return y.to(x.dtype)
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    return torch.addcmul(shift.view(shape), x32, scale.view(shape)).to(x.dtype)  # one fused pass
