@@ -109,12 +109,21 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
     """Join the process group when launched by torchrun; return the world and this rank's device.
 
     On CUDA each rank takes the GPU of its local rank. Calling it again is harmless.
+
+    Raises:
+        ConfigError: on CUDA, more processes on this node (torchrun's ``LOCAL_WORLD_SIZE``) than it has GPUs; every
+            process of the node finds it, so rank 0 says it.
     """
     global _WORLD
     world = world_from_env()
     if world.size == 1:
         return world, device
     if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world.local_rank + 1)))
+        gpus = torch.cuda.device_count()
+        if max(local, world.local_rank + 1) > gpus:
+            raise ConfigError(f"torchrun started {local} processes on a node with {gpus} GPU{'s' * (gpus != 1)}: "
+                              f"each process takes one GPU (--nproc-per-node {gpus} at most, or --device cpu)")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

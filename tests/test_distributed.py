@@ -41,6 +41,17 @@ def test_world_from_env_reads_torchrun_variables(monkeypatch):
         distributed.world_from_env()
 
 
+def test_more_processes_than_gpus_is_one_line(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="torchrun started 4 processes on a node with 2 GPUs: .*--nproc-per-node 2"):
+        distributed.setup(torch.device("cuda"))
+    assert distributed.world() == distributed.World()  # nothing joined
+
+
 def test_helpers_are_no_ops_in_a_world_of_one():
     x = torch.arange(6)
     with distributed.collective():
