@@ -14,7 +14,10 @@ import kdbench
 from kdbench import distributed
 from kdbench.commands import COMMANDS
 from kdbench.commands.common import OneLineParser
-from kdbench.errors import KDBenchError
+from kdbench.errors import ConfigError, KDBenchError
+
+#: commands that train nothing: under torchrun they would run once per process, so they refuse
+SINGLE_PROCESS = ("list", "bench", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command in SINGLE_PROCESS and distributed.world_from_env().size > 1:
+            raise ConfigError(f"kdbench {args.command} trains nothing and does not run under torchrun: run it in one "
+                              "process (torchrun is for kdbench run and kdbench sweep)")
         return int(args.handler(args) or 0)
     except KDBenchError as err:
         if reports(err):

@@ -52,6 +52,25 @@ def test_more_processes_than_gpus_is_one_line(monkeypatch):
     assert distributed.world() == distributed.World()  # nothing joined
 
 
+@pytest.mark.parametrize("command", [["list", "methods"], ["report"], ["bench", "test_vit"]])
+def test_commands_that_train_nothing_refuse_torchrun_in_one_line(monkeypatch, capsys, tmp_path, command):
+    from kdbench import cli
+
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        monkeypatch.chdir(tmp_path)
+        assert cli.main(command) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        if printed:
+            assert len(err.strip().splitlines()) == 1 and "does not run under torchrun" in err
+        else:
+            assert err == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_helpers_are_no_ops_in_a_world_of_one():
     x = torch.arange(6)
     with distributed.collective():
