@@ -28,7 +28,7 @@ from kdbench.env import environment, resolve_device
 from kdbench.errors import ConfigError, DataError, KDBenchError, ModelError
 from kdbench.models import count_params_m
 from kdbench.plan import make_plan
-from kdbench.results import read_record, write_record
+from kdbench.results import FINISHED_STATUSES, read_record, write_record
 from kdbench.teachers import Teacher, prepare_teacher
 from kdbench.trackers import attach_trackers, finish_trackers
 from kdbench.training import Member, classification_metrics, predict, top1, train_members
@@ -57,6 +57,11 @@ class ExecOptions:
         compile: run the training forward passes of students and teacher under ``torch.compile``. Like the
             device, it changes how a run executes, not what it computes, so it is not part of the run id; each
             record states it (``compile``).
+        epoch_hook: called with each run's spec before it trains; what it returns (if not ``None``) is added to
+            the run's epoch listeners and called with each history entry. A listener that raises
+            :class:`~kdbench.training.RunPruned` stops its run early with status ``pruned`` (``kdbench tune``'s
+            pruning). It travels to Ray and Slurm workers, so it must pickle (a module-level class's instance,
+            not a lambda); under torchrun every rank calls it, so its decisions must agree across ranks.
     """
 
     results: Path = Path("results")
@@ -72,6 +77,7 @@ class ExecOptions:
     log: Callable[[str], None] = field(default=lambda line: tqdm.write(line, file=sys.stderr))
     trackers: tuple[str, ...] = ()
     compile: bool = False
+    epoch_hook: Callable[[RunSpec], Callable[[dict[str, Any]], None] | None] | None = None
 
     @property
     def teacher_dir(self) -> Path:
@@ -118,7 +124,7 @@ def claimed(results: Path, specs: Sequence[RunSpec], retry_failed: bool) -> Iter
                 continue
             handles.append((path, handle))
             record = read_record(results, spec.run_id)  # it may have finished while we planned
-            if record is None or (record.get("status") != "ok" and retry_failed):
+            if record is None or (record.get("status") not in FINISHED_STATUSES and retry_failed):
                 mine.append(spec)
         yield mine
     finally:
@@ -239,6 +245,11 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
                 member.compile()
         trackers = {m.spec.run_id: attach_trackers(options.trackers if main else (), m, options.results, options.log)
                     for m in members}
+        if options.epoch_hook is not None:
+            for member in members:
+                listener = options.epoch_hook(member.spec)
+                if listener is not None:
+                    member.epoch_listeners.append(listener)
         cohort_id = members[0].spec.run_id
         names = ", ".join(m.label for m in members)
         steps = splits.num_batches("train", mine[0].batch_size)
@@ -267,7 +278,8 @@ def _summary(record: dict[str, Any]) -> str:
     teacher = record.get("teacher") or ("self" if record.get("teacher_source") == "self" else "none")
     pair = f"{teacher} -> {record['student']}"
     if record["status"] != "ok":
-        return f"FAILED {record['method_label']:<14} {pair} seed {record['seed']}: {record['error']}"
+        word = "PRUNED" if record["status"] == "pruned" else "FAILED"
+        return f"{word} {record['method_label']:<14} {pair} seed {record['seed']}: {record['error']}"
     return (f"done   {record['method_label']:<14} {pair} seed {record['seed']}: top-1 {record['top1']:.2f}%  "
             f"({record['train_time_s']:.1f} s)")
 

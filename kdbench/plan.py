@@ -19,7 +19,7 @@ from kdbench.config import RunSpec, build_params, cohort_key, params_dict
 from kdbench.distiller import get_method
 from kdbench.errors import ConfigError
 from kdbench.models import check_model_name
-from kdbench.results import read_record
+from kdbench.results import FINISHED_STATUSES, read_record
 from kdbench.teachers import file_sha256
 
 if TYPE_CHECKING:  # for annotations only: the engine imports this module
@@ -187,7 +187,7 @@ def plan_cohorts(specs: Iterable[RunSpec], *, cohort: bool = True, max_size: int
 
 @dataclass
 class Plan:
-    """What ``execute`` would do: runs to train (in cohorts), runs already done, runs skipped as failed."""
+    """What ``execute`` would do: runs to train (in cohorts), runs done (ok or pruned), runs skipped as failed."""
 
     cohorts: list[list[RunSpec]]
     done: list[RunSpec]
@@ -200,12 +200,12 @@ class Plan:
 
 
 def make_plan(specs: Sequence[RunSpec], options: ExecOptions) -> Plan:
-    """Split ``specs`` into done, failed (kept unless ``retry_failed``) and pending cohorts."""
+    """Split ``specs`` into done (``ok`` or ``pruned``), failed (kept unless ``retry_failed``) and pending cohorts."""
     unique = list({spec.run_id: spec for spec in specs}.values())
     done, failed, pending = [], [], []
     for spec in unique:
         record = read_record(options.results, spec.run_id)
-        if record is not None and record.get("status") == "ok":
+        if record is not None and record.get("status") in FINISHED_STATUSES:
             done.append(spec)
         elif record is not None and not options.retry_failed:
             failed.append(spec)

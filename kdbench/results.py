@@ -30,7 +30,11 @@ from kdbench.errors import DataError
 RUNS_DIR = "runs"
 CORRUPT_DIR = "corrupt"
 RECORD_SUFFIX = ".json"
-STATUSES = ("ok", "failed")
+#: ``ok``: trained to the end; ``failed``: stopped by an error (trained again with ``--retry-failed``); ``pruned``:
+#: stopped early on purpose by a tuner (``kdbench tune`` with ``tune.prune``), finished and never trained again
+STATUSES = ("ok", "failed", "pruned")
+#: the statuses of a finished run, which is never trained again
+FINISHED_STATUSES = ("ok", "pruned")
 
 
 def runs_dir(results: str | os.PathLike[str]) -> Path:
@@ -104,6 +108,8 @@ REQUIRED_FIELDS = {"run_id": _TEXT, "status": _TEXT, "dataset": _TEXT, "student"
                    "seed": _INTEGER, "method_params": _OBJECT}
 # Fields an ``ok`` record has besides: its figures.
 REQUIRED_OK_FIELDS = {"top1": _NUMBER, "history": _LIST}
+# Fields a ``pruned`` record has besides: the epochs it trained (no test figures: it stopped early).
+REQUIRED_PRUNED_FIELDS = {"history": _LIST}
 # Fields that may be absent or null, but when present have this type (what reports compute with).
 OPTIONAL_FIELDS = {
     "error": _TEXT, "teacher": _TEXT, "method_label": _TEXT, "teacher_source": _TEXT, "created_at": _TEXT,
@@ -142,8 +148,9 @@ def record_problem(record: Any, run_id: str | None = None) -> str | None:
     """What makes ``record`` break the run-record contract (one short phrase), or ``None`` if it is valid.
 
     Every record is a JSON object with the identity and spec fields of :data:`REQUIRED_FIELDS`; an ``ok`` record
-    also has its figures (:data:`REQUIRED_OK_FIELDS`); the fields of :data:`OPTIONAL_FIELDS` are null or of their
-    type. ``run_id``, when given (the record's file name), must be the record's own.
+    also has its figures (:data:`REQUIRED_OK_FIELDS`), a ``pruned`` one its history; the fields of
+    :data:`OPTIONAL_FIELDS` are null or of their type. ``run_id``, when given (the record's file name), must be the
+    record's own.
     """
     if not isinstance(record, dict):
         return f"it is {_json_kind(record)}, not a JSON object"
@@ -152,9 +159,12 @@ def record_problem(record: Any, run_id: str | None = None) -> str | None:
     required = dict(REQUIRED_FIELDS)
     if record.get("status") == "ok":
         required.update(REQUIRED_OK_FIELDS)
+    elif record.get("status") == "pruned":
+        required.update(REQUIRED_PRUNED_FIELDS)
     for name, kind in required.items():
         if name not in record or record[name] is None:
-            return f"it has no {name}" + (" (an ok record without its figures)" if name in REQUIRED_OK_FIELDS else "")
+            figures = name in REQUIRED_OK_FIELDS and record.get("status") == "ok"
+            return f"it has no {name}" + (" (an ok record without its figures)" if figures else "")
         if (wrong := _type_problem(record[name], kind)) is not None:
             return f"its {name} is {wrong}"
     for name, kind in OPTIONAL_FIELDS.items():
@@ -291,7 +301,7 @@ def check_writable(results: str | os.PathLike[str]) -> None:
 
 
 def run_statuses(results: str | os.PathLike[str]) -> dict[str, str]:
-    """Map of run id to status (``ok`` / ``failed``) for every record in the store."""
+    """Map of run id to status (``ok`` / ``failed`` / ``pruned``) for every record in the store."""
     return {rec["run_id"]: rec.get("status", "failed") for rec in iter_records(results)}
 
 

@@ -39,6 +39,15 @@ class NonFiniteLoss(RuntimeError):
     """A loss became NaN or infinite; the run stops as ``failed`` and the others go on."""
 
 
+class RunPruned(Exception):
+    """Raised by an epoch listener to stop a run early on purpose (a tuner pruning an unpromising trial).
+
+    Not a failure and not a user error: the run stops with status ``pruned`` and the exception's message as its
+    one-line ``error``; its record keeps the history up to that epoch, has no test figures, and is not trained
+    again. The other members of its cohort go on.
+    """
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # RNG isolation
 
@@ -425,8 +434,11 @@ class Member:
         return self.status == "running"
 
     def fail(self, error: BaseException | str) -> None:
-        """Stop this member with a one-line reason."""
+        """Stop this member with a one-line reason (status ``pruned`` for :class:`RunPruned`, else ``failed``)."""
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, RunPruned):
+            self.status, self.error = "pruned", text
+            return
         self.status = "failed"
         self.error = text if isinstance(error, str | NonFiniteLoss) else f"{type(error).__name__}: {text}"
 

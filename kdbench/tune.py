@@ -12,6 +12,7 @@ A tune spec is a sweep spec (:mod:`kdbench.sweep`) with a ``tune:`` section::
       trials: 12              # per (pair, method): the same for every method
       seed: 0                 # the sampler's seed
       trial_seed: 0           # the student seed of every trial
+      prune: false            # stop trials early whose validation top-1 trails (Optuna's MedianPruner)
 
 For each (pair, method) a *study* searches the method's declared search space (``Params`` fields with
 :func:`kdbench.distiller.tunable` metadata) together with the harness's learning rate and weight decay, with
@@ -28,6 +29,11 @@ the OS releases when a process dies, and a torn last line repaired on open), one
 trials and ask for the next" atomic across processes, and a JSON summary the report reads. Records are the truth:
 a trial whose run has a record is told its value from the record, never trained again; a trial left running by a
 process that died is trained by the next process that finds it unclaimed.
+
+With ``prune: true`` each trial reports its validation top-1 after every epoch (an epoch hook of the engine,
+:class:`PruningHook`), and Optuna's median pruner stops a trial whose best value so far trails the median of the
+finished trials at the same epoch. The run is then recorded with status ``pruned``: finished, never trained again,
+and counted against the budget like a complete trial; only complete trials compete for the best configuration.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -71,7 +78,8 @@ SIGNIFICANT_DIGITS = 4
 #: keys of a spec's ``tune:`` section and their types
 TUNE_KEYS: dict[str, Any] = {"trials": int, "seed": int, "trial_seed": int, "lr": tuple[float, ...],
                              "weight_decay": tuple[float, ...], "startup_trials": int | None,
-                             "defaults_first": bool, "defaults": bool, "parallel": int}
+                             "defaults_first": bool, "defaults": bool, "parallel": int, "prune": bool,
+                             "prune_warmup": int}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,6 +204,13 @@ class TuneSettings:
         defaults: also train each method's default configuration with the final seeds, for the side-by-side report.
         parallel: trials each study asks for at once (TPE's constant liar keeps them apart); more keep more
             workers busy (``--executor ray``, or a larger cohort) at the cost of a less informed search.
+        prune: stop unpromising trials early with Optuna's ``MedianPruner``: after each epoch a trial whose best
+            validation top-1 so far is below the median of the complete trials at that epoch stops, recorded as
+            ``pruned``. It prunes only once ``startup`` trials are complete, never at a run's last epoch.
+        prune_warmup: epochs every trial trains before it may be pruned. The default 1 makes the first decision
+            after the second epoch: after one epoch the ranking says little (a larger learning rate, or a method
+            that ramps its loss in, starts behind and catches up), while one more epoch is cheap beside a budget
+            where pruning pays (5 epochs or more).
     """
 
     trials: int = 12
@@ -207,6 +222,8 @@ class TuneSettings:
     defaults_first: bool = True
     defaults: bool = True
     parallel: int = 1
+    prune: bool = False
+    prune_warmup: int = 1
 
     @property
     def startup(self) -> int:
@@ -224,7 +241,7 @@ class TuneSpec:
     settings: TuneSettings
 
 
-def _check_settings(raw: Any, trials: int | None) -> tuple[TuneSettings | None, list[str]]:
+def _check_settings(raw: Any, trials: int | None, prune: bool | None = None) -> tuple[TuneSettings | None, list[str]]:
     """The ``tune:`` section as settings, or every problem in it."""
     problems: list[str] = []
     if raw is None:
@@ -244,6 +261,8 @@ def _check_settings(raw: Any, trials: int | None) -> tuple[TuneSettings | None, 
             problems.append(str(err))
     if trials is not None:
         values["trials"] = trials
+    if prune is not None:
+        values["prune"] = prune
     for key in ("lr", "weight_decay"):
         bounds = values.get(key)
         if bounds is not None and (len(bounds) != 2 or not 0 < bounds[0] < bounds[1]):
@@ -254,13 +273,18 @@ def _check_settings(raw: Any, trials: int | None) -> tuple[TuneSettings | None, 
         problems.append(f"tune.parallel must be >= 1 (got {values['parallel']})")
     if (values.get("startup_trials") or 0) < 0:
         problems.append(f"tune.startup_trials must be >= 0 (got {values['startup_trials']})")
+    if values.get("prune_warmup", 0) < 0:
+        problems.append(f"tune.prune_warmup must be >= 0 epochs (got {values['prune_warmup']})")
     if problems:
         return None, problems
     return TuneSettings(**values), []
 
 
-def load_tune_spec(name: str | Path, extra_plugins: Sequence[str] = (), trials: int | None = None) -> TuneSpec:
-    """Read and check a tune spec (a sweep spec with a ``tune:`` section); ``trials`` overrides ``tune.trials``.
+def load_tune_spec(name: str | Path, extra_plugins: Sequence[str] = (), trials: int | None = None,
+                   prune: bool | None = None) -> TuneSpec:
+    """Read and check a tune spec (a sweep spec with a ``tune:`` section).
+
+    ``trials`` overrides ``tune.trials`` and ``prune`` (when not ``None``) ``tune.prune``.
 
     Raises:
         SpecError: every problem of the spec, one line each.
@@ -268,11 +292,13 @@ def load_tune_spec(name: str | Path, extra_plugins: Sequence[str] = (), trials: 
     """
     data, base_dir = read_spec_data(name)
     plugins = [str(Path(p).expanduser().resolve()) for p in extra_plugins]
-    return parse_tune_spec(data, source=str(name), base_dir=base_dir, extra_plugins=plugins, trials=trials)
+    return parse_tune_spec(data, source=str(name), base_dir=base_dir, extra_plugins=plugins, trials=trials,
+                           prune=prune)
 
 
 def parse_tune_spec(data: Any, source: str = "spec", base_dir: Path | None = None,
-                    extra_plugins: Sequence[str] = (), trials: int | None = None) -> TuneSpec:
+                    extra_plugins: Sequence[str] = (), trials: int | None = None,
+                    prune: bool | None = None) -> TuneSpec:
     """Check tune-spec data: the sweep keys as :func:`kdbench.sweep.parse_sweep_spec` does, plus ``tune:``.
 
     A method's mapping fixes parameters to one value each (they are then not searched); a list of several values
@@ -287,7 +313,7 @@ def parse_tune_spec(data: Any, source: str = "spec", base_dir: Path | None = Non
         sweep = parse_sweep_spec(data, source=source, base_dir=base_dir, extra_plugins=extra_plugins)
     except SpecError as err:
         problems.extend(err.problems)
-    settings, more = _check_settings(data.get("tune") if isinstance(data, dict) else None, trials)
+    settings, more = _check_settings(data.get("tune") if isinstance(data, dict) else None, trials, prune)
     problems.extend(more)
     if sweep is not None:
         problems += [f"pairs[{n}].method_params: a tune spec fixes parameters in methods, not per pair"
@@ -302,6 +328,12 @@ def parse_tune_spec(data: Any, source: str = "spec", base_dir: Path | None = Non
                            for b in [sweep.budget, *(sweep.pair_budget(p) for p in sweep.pairs)]
                            if not b["val_fraction"] > 0]
         problems.extend(budget_problems[:1])
+        budgets = [sweep.budget, *(sweep.pair_budget(p) for p in sweep.pairs)]
+        if settings is not None and settings.prune and all(b["epochs"] < settings.prune_warmup + 2 for b in budgets):
+            epochs = max(b["epochs"] for b in budgets)
+            problems.append(f"tune.prune: with {epochs} epoch{'s' * (epochs != 1)} no trial can be pruned (decisions "
+                            f"come after epoch {settings.prune_warmup + 1} (tune.prune_warmup + 1) and before the "
+                            "last); train more epochs or lower tune.prune_warmup")
     if problems or sweep is None or settings is None:
         raise SpecError(source, problems)
     return TuneSpec(sweep=sweep, settings=settings)
@@ -414,6 +446,8 @@ def plan_studies(spec: TuneSpec, data_root: str | None = None) -> list[StudyPlan
                 "space": [p.as_dict() for p in space], "trial_seed": settings.trial_seed, "seed": settings.seed,
                 "defaults_first": settings.defaults_first, "startup": settings.startup,
             }
+            if settings.prune:  # a study without pruning keeps the name it had before pruning existed
+                identity["pruner"] = pruner_settings(settings)
             if plan_pair.teacher_ckpt:
 
                 identity["teacher_ckpt_sha256"] = checkpoint_sha256(plan_pair.teacher_ckpt)
@@ -509,6 +543,47 @@ def import_optuna() -> Any:
     return optuna
 
 
+def pruner_settings(settings: TuneSettings) -> dict[str, Any] | None:
+    """The pruner of a study as plain data (``None`` without pruning): it enters the study's name and summary."""
+    if not settings.prune:
+        return None
+    return {"kind": "median", "startup_trials": settings.startup, "warmup_epochs": settings.prune_warmup}
+
+
+def make_pruner(settings: TuneSettings) -> Any:
+    """Optuna's ``MedianPruner`` for ``settings`` (a ``NopPruner`` without pruning).
+
+    It prunes once ``startup`` trials are complete (as TPE models the results after ``startup`` trials), and not
+    before step ``prune_warmup``; a step is a main-phase epoch counted from 0 (see :func:`intermediate_values`).
+    """
+    from optuna.pruners import MedianPruner, NopPruner
+
+    if not settings.prune:
+        return NopPruner()
+    return MedianPruner(n_startup_trials=settings.startup, n_warmup_steps=settings.prune_warmup)
+
+
+def open_study(journal: Path, name: str, settings: TuneSettings, create: bool = False) -> optuna.Study:
+    """The study ``name`` in the Optuna journal ``journal``, with the pruner of ``settings``: the one way to open one.
+
+    The journal's appends hold an OS file lock (``<journal>.lock``), and a torn last line (a writer killed
+    mid-append) is cut first. ``create`` creates the study if it does not exist (call it holding the study lock).
+    """
+    optuna = import_optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    append_lock = FlockLock(journal.with_name(journal.name + ".lock"))
+    with append_lock.held():
+        repair_journal(journal)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(journal), lock_obj=append_lock))
+    if create:
+        return optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+                                   pruner=make_pruner(settings))
+    return optuna.load_study(storage=storage, study_name=name, pruner=make_pruner(settings))
+
+
 class StudyStore:
     """The Optuna study of one :class:`StudyPlan` in ``<results>/tuning/``.
 
@@ -518,24 +593,14 @@ class StudyStore:
     """
 
     def __init__(self, results: Path, plan: StudyPlan) -> None:
-        optuna = import_optuna()
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
         self.plan = plan
         folder = Path(results) / TUNING_DIR
         folder.mkdir(parents=True, exist_ok=True)
         self.journal = folder / f"{plan.name}.journal"
         self.summary_path = folder / f"{plan.name}.json"
         self.lock = FlockLock(folder / f"{plan.name}.lock")
-        append_lock = FlockLock(folder / f"{plan.name}.journal.lock")
-        with append_lock.held():
-            repair_journal(self.journal)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = JournalStorage(JournalFileBackend(str(self.journal), lock_obj=append_lock))
         with self.lock.held():
-            self.study = optuna.create_study(storage=storage, study_name=plan.name, direction="maximize",
-                                             load_if_exists=True)
+            self.study = open_study(self.journal, plan.name, plan.settings, create=True)
             trials = self.study.get_trials(deepcopy=False)
             if plan.settings.defaults_first and not trials:
                 self.study.enqueue_trial(plan.default_params())
@@ -570,7 +635,7 @@ class StudyStore:
 
 
 def _used(trial: optuna.trial.FrozenTrial, space: Sequence[SearchParam]) -> bool:
-    """Whether a trial counts against the budget: finished, with a run.
+    """Whether a trial counts against the budget: finished (complete, pruned or failed), with a run.
 
     A trial abandoned by a process that died before all its parameters were written is failed without a run and
     is not counted.
@@ -578,7 +643,8 @@ def _used(trial: optuna.trial.FrozenTrial, space: Sequence[SearchParam]) -> bool
     from optuna.trial import TrialState
 
     complete_params = all(p.name in trial.params for p in space)
-    return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and complete_params)
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and complete_params)
 
 
 def trial_value(record: Mapping[str, Any]) -> float | None:
@@ -587,6 +653,139 @@ def trial_value(record: Mapping[str, Any]) -> float | None:
         return None
     value = record.get("top1")
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pruning: intermediate values from the training loop
+
+
+def intermediate_values(history: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+    """Step -> validation top-1 of a run's history: what a trial reports to its pruner.
+
+    A step is a main-phase epoch counted from 0 (Optuna's convention); the epochs of an initialisation phase are
+    not steps, and a method that trains several generations keeps counting, so each step is one more epoch of
+    training. Epochs without a validation top-1 report nothing.
+    """
+    values: dict[int, float] = {}
+    step = -1
+    for entry in history:
+        if entry.get("phase") == "init":
+            continue
+        step += 1
+        value = entry.get("val_top1")
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            values[step] = float(value)
+    return values
+
+
+def _trial_id(study: optuna.Study, number: int) -> int:
+    """The storage id of trial ``number`` of ``study``."""
+    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
+def _record_steps(study: optuna.Study, number: int, history: Sequence[Mapping[str, Any]]) -> None:
+    """Report the steps of ``history`` that trial ``number`` lacks: the study's intermediate values are the records'.
+
+    A trial lacks them when its run was trained without its hook: the same configuration asked by two trials, or
+    by a study that does not prune.
+    """
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    missing = {step: v for step, v in intermediate_values(history).items() if step not in trial.intermediate_values}
+    if missing:
+        trial_id = _trial_id(study, number)
+        for step, value in sorted(missing.items()):
+            study._storage.set_trial_intermediate_value(trial_id, step, value)
+
+
+@dataclass(frozen=True)
+class TrialRef:
+    """Where a trial lives: its study's journal and name, its number, and the settings of its pruner."""
+
+    journal: str
+    study: str
+    number: int
+    settings: TuneSettings
+
+
+class PruningHook:
+    """The engine's epoch hook (:attr:`kdbench.engine.ExecOptions.epoch_hook`) for a batch of trials.
+
+    For a run of ``trials`` it returns a listener that reports each epoch's validation top-1 to the run's trial
+    and raises :class:`~kdbench.training.RunPruned` when the study's pruner says stop (never at the run's last
+    epoch, which would save nothing); other runs get no listener. It pickles for Ray and Slurm workers: the
+    studies are opened lazily, once per process, from the journals (on the results store the workers share).
+
+    Args:
+        trials: run id -> its trial.
+    """
+
+    def __init__(self, trials: Mapping[str, TrialRef]) -> None:
+        self.trials = dict(trials)
+        self._studies: dict[tuple[str, str], optuna.Study] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"trials": self.trials}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.trials, self._studies = state["trials"], {}
+
+    def __call__(self, spec: RunSpec) -> Callable[[dict[str, Any]], None] | None:
+        """The listener of run ``spec`` (``None`` if it is not one of the trials)."""
+        ref = self.trials.get(spec.run_id)
+        if ref is None or not ref.settings.prune:
+            return None
+        cls = get_method(spec.method)
+        steps = spec.epochs * cls.num_generations(build_params(cls.Params, spec.method_params, spec.method))
+        return _TrialReporter(self, ref, steps)
+
+    def study(self, ref: TrialRef) -> optuna.Study:
+        """The study of ``ref``, opened once per process."""
+        key = (ref.journal, ref.study)
+        if key not in self._studies:
+            self._studies[key] = open_study(Path(ref.journal), ref.study, ref.settings)
+        return self._studies[key]
+
+
+class _TrialReporter:
+    """One trial's epoch listener (see :class:`PruningHook`)."""
+
+    def __init__(self, hook: PruningHook, ref: TrialRef, steps: int) -> None:
+        self.hook, self.ref, self.steps = hook, ref, steps
+        self.history: list[dict[str, Any]] = []
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        import optuna
+
+        from kdbench.training import RunPruned
+
+        self.history.append(entry)
+        values = intermediate_values(self.history)
+        step = sum(e.get("phase") != "init" for e in self.history) - 1  # this entry's step, if it is one
+        if entry.get("phase") == "init" or step not in values:
+            return  # an initialisation epoch, or an epoch without a validation top-1
+        study = self.hook.study(self.ref)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a step reported by a process that died and left the run to us
+                trial = optuna.trial.Trial(study, _trial_id(study, self.ref.number))
+                trial.report(values[step], step)
+                prune = step < self.steps - 1 and trial.should_prune()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # told meanwhile from a record of the same configuration: nothing to decide
+        if prune:
+            raise RunPruned(f"pruned after epoch {step + 1} of {self.steps}: {_pruned_reason(study, values, step)}")
+
+
+def _pruned_reason(study: optuna.Study, values: Mapping[int, float], step: int) -> str:
+    """Why the median pruner stopped a trial at ``step``, in words."""
+    from optuna.trial import TrialState
+
+    others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if step in t.intermediate_values]
+    best = max(v for s, v in values.items() if s <= step)
+    median = statistics.median(others) if others else math.nan
+    return (f"best validation top-1 {best:.1f}% below the median of the complete trials at that epoch "
+            f"({median:.1f}%)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -603,28 +802,32 @@ def _counts(store: StudyStore) -> tuple[int, int]:
 
 
 def _tell(store: StudyStore, number: int, record: Mapping[str, Any]) -> None:
+    """Tell trial ``number`` the outcome of its run's record: complete with its value, pruned, or failed."""
     from optuna.trial import TrialState
 
+    if isinstance(record.get("history"), list):
+        _record_steps(store.study, number, record["history"])
     value = trial_value(record)
-    if value is None:
+    if record.get("status") == "pruned":
+        store.study.tell(number, state=TrialState.PRUNED)  # Optuna keeps its last intermediate value as its value
+    elif value is None:
         store.study.tell(number, state=TrialState.FAIL)
     else:
         store.study.tell(number, value)
 
 
-def _sync(store: StudyStore, results: Path, ask: int) -> list[RunSpec]:
+def _sync(store: StudyStore, results: Path, ask: int) -> dict[str, tuple[RunSpec, int]]:
     """Under the study lock: tell trials whose records exist, adopt trials nobody finished, ask ``ask`` new ones.
 
-    Returns the runs this process should execute: every running trial without a record (the engine skips a run
-    another process has claimed, and trains one whose process died) and up to ``ask`` new trials while the
-    budget allows. A new trial whose run is already recorded (the same configuration suggested twice) is told at
-    once and counts against the budget like any other.
+    Returns the runs this process should execute, by run id, each with its trial's number: every running trial
+    without a record (the engine skips a run another process has claimed, and trains one whose process died) and
+    up to ``ask`` new trials while the budget allows. A new trial whose run is already recorded (the same
+    configuration suggested twice) is told at once and counts against the budget like any other.
     """
     from optuna.trial import TrialState
 
-
     study, plan = store.study, store.plan
-    todo: list[RunSpec] = []
+    todo: list[tuple[RunSpec, int]] = []
     with store.lock.held():
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             spec = store.spec_of(trial.params)
@@ -633,7 +836,7 @@ def _sync(store: StudyStore, results: Path, ask: int) -> list[RunSpec]:
                 continue
             record = read_record(results, spec.run_id)
             if record is None:
-                todo.append(spec)
+                todo.append((spec, trial.number))
             else:
                 _tell(store, trial.number, record)
         asked = 0
@@ -647,11 +850,14 @@ def _sync(store: StudyStore, results: Path, ask: int) -> list[RunSpec]:
             assert spec is not None
             record = read_record(results, spec.run_id)
             if record is None:
-                todo.append(spec)
+                todo.append((spec, trial.number))
                 asked += 1
             else:
                 _tell(store, trial.number, record)
-    return list({s.run_id: s for s in todo}.values())
+    out: dict[str, tuple[RunSpec, int]] = {}
+    for spec, number in todo:
+        out.setdefault(spec.run_id, (spec, number))
+    return out
 
 
 @dataclass
@@ -673,27 +879,38 @@ def _state(store: StudyStore) -> StudyState:
     return StudyState(store=store, used=used, running=running)
 
 
+#: trains a batch of runs, with the epoch hook of its trials (``None``: no hook)
+BatchRunner = Callable[[Sequence[RunSpec], PruningHook | None], Any]
+
+
 def search(stores: Sequence[StudyStore], options: ExecOptions, log: Callable[[str], None],
-           execute_batch: Callable[[Sequence[RunSpec]], Any] | None = None) -> list[StudyState]:
+           execute_batch: BatchRunner | None = None) -> list[StudyState]:
     """Run trials until every study has used its budget, or what is left is being trained by other processes.
 
     Each round asks every unfinished study for ``parallel`` trials (see :class:`TuneSettings`) and executes them
     together, so trials of studies on one pair train in one cohort on one teacher pass, and an executor with
-    several workers trains the cohorts at once.
+    several workers trains the cohorts at once. The trials of studies that prune go with a :class:`PruningHook`.
 
     Args:
         stores: the studies.
         options: where and how runs execute.
         log: where one-line notes go.
-        execute_batch: trains a batch of runs (default: :func:`kdbench.engine.execute` in this process).
+        execute_batch: trains a batch of runs with an epoch hook (default: :func:`kdbench.engine.execute` in this
+            process).
     """
     results = Path(options.results)
     run_batch = execute_batch or _local_executor(options)
     while True:
-        batch = [spec for store in stores for spec in _sync(store, results, ask=store.plan.settings.parallel)]
+        batch: list[RunSpec] = []
+        refs: dict[str, TrialRef] = {}
+        for store in stores:
+            for run_id, (spec, number) in _sync(store, results, ask=store.plan.settings.parallel).items():
+                batch.append(spec)
+                if store.plan.settings.prune:
+                    refs[run_id] = TrialRef(str(store.journal), store.plan.name, number, store.plan.settings)
         if not batch:
             break
-        run_batch(batch)
+        run_batch(batch, PruningHook(refs) if refs else None)
         if not any(read_record(results, s.run_id) is not None for s in batch):
             log("tune: the remaining trials are being trained by other processes; leaving them to those")
             break
@@ -702,9 +919,13 @@ def search(stores: Sequence[StudyStore], options: ExecOptions, log: Callable[[st
     return [_state(store) for store in stores]
 
 
-def _local_executor(options: ExecOptions) -> Callable[[Sequence[RunSpec]], Any]:
+def _local_executor(options: ExecOptions) -> BatchRunner:
+    """A batch runner that trains in this process (:func:`kdbench.engine.execute`)."""
 
-    return lambda specs: execute(specs, options)
+    def run(specs: Sequence[RunSpec], hook: PruningHook | None) -> Any:
+        return execute(specs, dataclasses.replace(options, epoch_hook=hook))
+
+    return run
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -744,7 +965,8 @@ def study_summary(store: StudyStore, results: Path) -> dict[str, Any]:
         record = read_record(results, spec.run_id) if spec is not None else None
         trials.append({"number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
                        "params": store.params_of(trial.params), "run_id": spec.run_id if spec else None,
-                       "used": _used(trial, plan.space), "finished_at": record.get("created_at") if record else None})
+                       "used": _used(trial, plan.space), "finished_at": record.get("created_at") if record else None,
+                       "epochs": None if trial.last_step is None else trial.last_step + 1})
     best = best_trial(store)
     tuned, defaults = final_specs(store)
     state = _state(store)
@@ -754,6 +976,7 @@ def study_summary(store: StudyStore, results: Path) -> dict[str, Any]:
         "budget": json.loads(_json_text(plan.budget)), "space": [p.as_dict() for p in plan.space],
         "sampler": "optuna TPE (multivariate)", "sampler_seed": plan.settings.seed,
         "startup_trials": plan.settings.startup, "trial_seed": plan.settings.trial_seed,
+        "pruner": pruner_settings(plan.settings), "trials_pruned": sum(t["state"] == "pruned" for t in trials),
         "trials_requested": plan.settings.trials, "trials_used": state.used, "trials_running": state.running,
         "complete": state.done, "trials": trials,
         "best": None if best is None else {"number": best.number, "value": best.value,
@@ -808,7 +1031,7 @@ def all_trial_specs(stores: Sequence[StudyStore]) -> list[RunSpec]:
 
 
 def run_tune(plans: Sequence[StudyPlan], options: ExecOptions, log: Callable[[str], None] = lambda line: None,
-             execute_batch: Callable[[Sequence[RunSpec]], Any] | None = None) -> TuneOutcome:
+             execute_batch: BatchRunner | None = None) -> TuneOutcome:
     """Search every study, then train the best and default configurations with the final seeds, on test.
 
     The final runs of a study start only when all its trials are finished, and only after this process's search
@@ -818,8 +1041,8 @@ def run_tune(plans: Sequence[StudyPlan], options: ExecOptions, log: Callable[[st
         plans: the studies.
         options: where and how runs execute.
         log: where one-line notes go.
-        execute_batch: trains a batch of runs (default: :func:`kdbench.engine.execute` in this process; the
-            command passes the Ray executor's for ``--executor ray``).
+        execute_batch: trains a batch of runs with an epoch hook (default: :func:`kdbench.engine.execute` in this
+            process; the command passes the Ray executor's for ``--executor ray``).
     """
     results = Path(options.results)
     run_batch = execute_batch or _local_executor(options)
@@ -837,6 +1060,6 @@ def run_tune(plans: Sequence[StudyPlan], options: ExecOptions, log: Callable[[st
         tuned, defaults = final_specs(state.store)
         finals.extend(tuned + defaults)
     if finals:
-        run_batch(list({s.run_id: s for s in finals}.values()))
+        run_batch(list({s.run_id: s for s in finals}.values()), None)  # final runs are never pruned
     outcome.summaries = [write_summary(store, results) for store in stores]
     return outcome

@@ -253,4 +253,4 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = execute(specs, options)
     if main:
         print(console_leaderboard(records_frame(records)))
-    return 1 if any(r["status"] != "ok" for r in records) else 0  # as a sweep: a failed run is exit code 1
+    return 1 if any(r["status"] == "failed" for r in records) else 0  # as a sweep: a failed run is exit code 1

@@ -256,11 +256,14 @@ def execute_sweep(setup: SweepSetup, plan: Plan, write: Callable[[str], None] | 
     distributed.barrier()  # under torchrun: rank 0 has written every record before any rank reads them
     records = [r for r in (read_record(setup.options.results, s.run_id) for s in setup.runs) if r is not None]
     ok = sum(r.get("status") == "ok" for r in records)
-    failed = len(records) - ok
+    pruned = sum(r.get("status") == "pruned" for r in records)  # a tuning trial's record, stopped early: finished
+    failed = len(records) - ok - pruned
     missing = len(setup.runs) - len(records)
     summary = f"sweep {setup.spec.source}: {ok} of {len(setup.runs)} runs ok"
     if failed:
         summary += f", {failed} failed (kdbench sweep --retry-failed runs them again)"
+    if pruned:
+        summary += f", {pruned} pruned by kdbench tune (stopped early, never trained again)"
     if missing:
         summary += (f", {missing} not finished (claimed by another process, or skipped after a teacher failed; "
                     "run the same command again to continue)")

@@ -32,6 +32,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC", help="tune spec: a YAML file (a sweep spec with a tune: section)")
     p.add_argument("--trials", type=positive_int, metavar="N",
                    help="trials per pair and method (default: the spec's tune.trials, else 12)")
+    p.add_argument("--prune", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop trials early whose validation top-1 trails the median of the complete trials at the "
+                        "same epoch (Optuna's MedianPruner; a pruned trial counts as one trial); a study with "
+                        "pruning is another study than one without (default: the spec's tune.prune, else off)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the studies, their search spaces, trials done and the runs still to train; "
                         "train nothing")
@@ -74,14 +78,21 @@ def _setup(spec: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def executor_batches(options: Any, executor: str, plugins: Any, settings: dict[str, Any], ray_address: str | None,
-                     note: Callable[[str], None]) -> Callable[[Sequence[Any]], None]:
-    """A function that trains a batch of runs with ``executor`` (the sweep's executors: local or Ray)."""
+                     note: Callable[[str], None]) -> Callable[[Sequence[Any], Any], None]:
+    """A function that trains a batch of runs with ``executor`` (the sweep's executors) and an epoch hook.
+
+    The hook (:class:`kdbench.tune.PruningHook`, or ``None``) goes with the execution options, to Ray and Slurm
+    workers too.
+    """
+    import dataclasses
+
     from kdbench.executors import RunBar, SweepJob
     from kdbench.plan import make_plan
 
-    def run(specs: Sequence[Any]) -> None:
-        plan = make_plan(specs, options)
-        job = SweepJob(cohorts=plan.cohorts, options=options, plugins=plugins, num_cpus=settings["num_cpus"],
+    def run(specs: Sequence[Any], hook: Any) -> None:
+        batch_options = dataclasses.replace(options, epoch_hook=hook)
+        plan = make_plan(specs, batch_options)
+        job = SweepJob(cohorts=plan.cohorts, options=batch_options, plugins=plugins, num_cpus=settings["num_cpus"],
                        num_gpus=settings["num_gpus"], ray_address=ray_address)
         with RunBar(total=len(plan.pending), enabled=options.progress) as bar:
             outcome = EXECUTORS.get(executor)().run(job, bar)
@@ -110,6 +121,10 @@ def describe_studies(plans: list[Any], results: Path) -> list[str]:
                      f"trials done; then {len(plan.seeds)} final seed{'s' * (len(plan.seeds) != 1)}"
                      + (" (best and default configurations)" if settings.defaults else ""))
         lines.append("  searches " + ", ".join(p.describe() for p in plan.space))
+        if settings.prune:
+            lines.append(f"  prunes (median rule) after epoch {settings.prune_warmup + 1} at the earliest, with "
+                         f"at least {settings.startup} complete trial{'s' * (settings.startup != 1)} to compare with "
+                         f"({summary.get('trials_pruned', 0)} pruned so far)")
     lines.insert(0, f"tune: {len(plans)} stud{'ies' if len(plans) != 1 else 'y'}; at most {total_trials} trial "
                     f"runs and {total_finals} final runs still to train (runs already in the store are reused)")
     return lines
@@ -130,7 +145,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           "torchrun, in one process (--executor ray spreads the trials over a cluster's GPUs)")
     import_optuna()
     try:
-        spec = load_tune_spec(args.spec, extra_plugins=args.plugin, trials=args.trials)
+        spec = load_tune_spec(args.spec, extra_plugins=args.plugin, trials=args.trials, prune=args.prune)
         options, settings = _setup(spec, args)  # checks the data first: its fingerprint enters the studies
         plans = plan_studies(spec, settings["data_root"])
     except SpecError as err:
@@ -171,8 +186,9 @@ def _print_leaderboard(summaries: list[dict[str, Any]], results: Path) -> int:
     for s in summaries:
         best = s.get("best") or {}
         value = best.get("value")
+        pruned = f" ({s['trials_pruned']} pruned)" if s.get("trials_pruned") else ""
         print(f"{s['label']} on {s.get('teacher') or 'none'} -> {s['student']}: {s['trials_used']} of "
-              f"{s['trials_requested']} trials, best validation top-1 "
+              f"{s['trials_requested']} trials{pruned}, best validation top-1 "
               + (f"{value:.2f}%" if value is not None else "—") + f" with {_params(best.get('params'))}")
     return 1 if failed else 0
 

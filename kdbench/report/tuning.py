@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from kdbench.report.figures import NoFigureData, _grid, _legend_columns, new_figure, styled
@@ -89,8 +90,8 @@ def _top1(frame: pd.DataFrame, run_ids: Sequence[str]) -> pd.Series:
 def tuning_table(frame: pd.DataFrame, summaries: Sequence[Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """Default vs tuned, one row per study.
 
-    Columns: test top-1 of both (mean, std, n), the gain paired by seed, the trials used, the best validation
-    top-1, the chosen hyperparameters and the search space.
+    Columns: test top-1 of both (mean, std, n), the gain paired by seed, the trials used (and how many of them
+    were pruned), the best validation top-1, the chosen hyperparameters and the search space.
 
     Args:
         frame: a store loaded by :func:`kdbench.results.load` (with or without :func:`with_tuning`).
@@ -108,7 +109,7 @@ def tuning_table(frame: pd.DataFrame, summaries: Sequence[Mapping[str, Any]] | N
             "dataset": s["dataset"], "teacher": s.get("teacher") or "none", "student": s["student"],
             "method": s["method"], "method_label": s.get("label") or s["method"], "study": s["study"],
             "trials_requested": s.get("trials_requested"), "trials_used": s.get("trials_used"),
-            "complete": bool(s.get("complete")),
+            "trials_pruned": s.get("trials_pruned") or 0, "complete": bool(s.get("complete")),
             "best_val_top1": (s.get("best") or {}).get("value", math.nan),
             "default_top1_mean": d_mean, "default_top1_std": d_std, "default_n": d_n,
             "tuned_top1_mean": t_mean, "tuned_top1_std": t_std, "tuned_n": t_n,
@@ -117,8 +118,9 @@ def tuning_table(frame: pd.DataFrame, summaries: Sequence[Mapping[str, Any]] | N
             "search_space": "; ".join(_space_text(p) for p in s.get("space") or []),
         })
     columns = ["dataset", "teacher", "student", "method", "method_label", "study", "trials_requested", "trials_used",
-               "complete", "best_val_top1", "default_top1_mean", "default_top1_std", "default_n", "tuned_top1_mean",
-               "tuned_top1_std", "tuned_n", "gain_mean", "gain_std", "n_paired", "chosen", "search_space"]
+               "trials_pruned", "complete", "best_val_top1", "default_top1_mean", "default_top1_std", "default_n",
+               "tuned_top1_mean", "tuned_top1_std", "tuned_n", "gain_mean", "gain_std", "n_paired", "chosen",
+               "search_space"]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values(["dataset", "teacher", "student", "method_label"], kind="mergesort").reset_index(drop=True)
 
@@ -137,7 +139,8 @@ def tuning_display(table: pd.DataFrame) -> Any:
               "Tuned top-1 (%)", "Tuned − default", "Chosen hyperparameters"]
     rows, raws = [], []
     for _, r in table.iterrows():
-        trials = f"{r['trials_used']}/{r['trials_requested']}"
+        trials = f"{r['trials_used']}/{r['trials_requested']}" + (f" ({r['trials_pruned']} pruned)"
+                                                                 if r["trials_pruned"] else "")
         rows.append([str(r["dataset"]), str(r["teacher"]), str(r["student"]), str(r["method_label"]), trials,
                      fixed(r["best_val_top1"]), f"{mean_pm(r['default_top1_mean'], r['default_top1_std'])} "
                      f"({r['default_n']})", f"{mean_pm(r['tuned_top1_mean'], r['tuned_top1_std'])} ({r['tuned_n']})",
@@ -154,24 +157,34 @@ def tuning_note(table: pd.DataFrame) -> str:
     lines = ["Every method gets the same number of trials (Optuna TPE), each trained with the trial seed and "
              "scored on the validation split; the best configuration is then trained with each final seed and "
              "scored on test. Top-1 mean ± std over seeds (n); tuned − default paired by seed."]
+    if not table.empty and (table["trials_pruned"] > 0).any():
+        lines.append("A pruned trial (stopped early when its validation top-1 trailed the median of the complete "
+                     "trials at the same epoch) counts as a trial but trained fewer epochs; only complete trials "
+                     "compete for the best configuration.")
     for _, r in table.iterrows():
         lines.append(f"{r['method_label']} ({r['teacher']} → {r['student']}): chosen {r['chosen']}; "
                      f"searched {r['search_space']}.")
     return " ".join(lines)
 
 
-def _curve(summary: Mapping[str, Any]) -> tuple[list[int], list[float]]:
-    """Best validation top-1 so far against trials used, in the order the trials were asked."""
-    xs, ys, best = [], [], -math.inf
+def _curve(summary: Mapping[str, Any]) -> tuple[list[int], list[float], list[int]]:
+    """Best validation top-1 so far against trials used, in the order the trials were asked; and the pruned ones.
+
+    Only complete trials set the best (a pruned trial's value is its last epoch's before it stopped, so it is not
+    comparable); a pruned trial still uses one trial, and its position is the third list.
+    """
+    xs, ys, pruned, best = [], [], [], -math.inf
     for trial in sorted(summary.get("trials") or [], key=lambda t: t["number"]):
         if not trial.get("used"):
             continue
         value = trial.get("value")
-        if value is not None and value > best:
+        if trial.get("state", "complete") == "complete" and value is not None and value > best:
             best = value
         xs.append(len(xs) + 1)
         ys.append(best if best > -math.inf else math.nan)
-    return xs, ys
+        if trial.get("state") == "pruned":
+            pruned.append(len(xs))
+    return xs, ys, pruned
 
 
 @styled
@@ -179,31 +192,35 @@ def plot_tuning_curves(summaries: Sequence[Mapping[str, Any]], baseline: str = "
     """Per pair, the best validation top-1 reached against the trials used, one line per method (the tuning curve).
 
     A curve that is still rising at the last trial says the budget was too small for that method; methods whose
-    curves flatten after a few trials are cheap to tune.
+    curves flatten after a few trials are cheap to tune. Pruned trials are marked with an ``x`` on their curve.
 
     Raises:
         NoFigureData: no study has a finished trial.
     """
     curves = [(s, *_curve(s)) for s in summaries]
-    curves = [(s, xs, ys) for s, xs, ys in curves if xs and any(not math.isnan(y) for y in ys)]
+    curves = [(s, xs, ys, pruned) for s, xs, ys, pruned in curves if xs and any(not math.isnan(y) for y in ys)]
     if not curves:
         raise NoFigureData("no tuning study has a finished trial")
     # one panel per pair; a teacher-free study (ce) is drawn in every panel of its student, or gets its own
-    pairs = list(dict.fromkeys((s["dataset"], s["teacher"], s["student"]) for s, _, _ in curves if s.get("teacher")))
+    pairs = list(dict.fromkeys((s["dataset"], s["teacher"], s["student"]) for s, *_ in curves if s.get("teacher")))
     covered = {(dataset, student) for dataset, _, student in pairs}
-    pairs += list(dict.fromkeys((s["dataset"], "none", s["student"]) for s, _, _ in curves
+    pairs += list(dict.fromkeys((s["dataset"], "none", s["student"]) for s, *_ in curves
                                 if not s.get("teacher") and (s["dataset"], s["student"]) not in covered))
     rows, columns, width = _grid(len(pairs))
     figure = new_figure(width, 0.4 + 1.9 * rows)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    slots = method_slots(sorted({s["method"] for s, _, _ in curves}), baseline)
+    slots = method_slots(sorted({s["method"] for s, *_ in curves}), baseline)
     for ax, pair in zip(axes, pairs, strict=False):
-        for s, xs, ys in curves:
+        for s, xs, ys, pruned in curves:
             teacher = s.get("teacher") or "none"
             if s["dataset"] != pair[0] or s["student"] != pair[2] or teacher not in (pair[1], "none"):
                 continue
-            ax.step(xs, ys, where="post", color=method_colour(s["method"], slots, baseline),
-                    label=s.get("label") or s["method"], marker="o", markersize=2.5)
+            colour = method_colour(s["method"], slots, baseline)
+            ax.step(xs, ys, where="post", color=colour, label=s.get("label") or s["method"], marker="o",
+                    markersize=2.5, markevery=[i for i, x in enumerate(xs) if x not in pruned])
+            if pruned:
+                ax.plot(pruned, [ys[x - 1] for x in pruned], linestyle="none", marker="x", markersize=4,
+                        color=colour)
         ax.set_xlabel("Trials used")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("Best validation top-1 (%)")
@@ -215,6 +232,8 @@ def plot_tuning_curves(summaries: Sequence[Mapping[str, Any]], baseline: str = "
     for ax in axes[:len(pairs)]:
         handles, names = ax.get_legend_handles_labels()
         merged.update(dict(zip(names, handles, strict=True)))
+    if any(pruned for *_, pruned in curves):
+        merged["pruned trial"] = Line2D([], [], linestyle="none", marker="x", markersize=4, color="0.35")
     figure.legend(list(merged.values()), list(merged.keys()), loc="outside lower center",
                   ncol=_legend_columns(len(merged), width))
     return figure

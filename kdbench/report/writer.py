@@ -161,9 +161,10 @@ def _write_figures(writer: _Writer, frame: pd.DataFrame, baseline: str) -> None:
 
 def _meta_line(frame: pd.DataFrame) -> str:
     status = frame["status"] if "status" in frame else pd.Series(["failed"] * len(frame))
-    ok = int((status == "ok").sum())
+    ok, pruned = int((status == "ok").sum()), int((status == "pruned").sum())
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"{len(frame)} runs ({ok} ok, {len(frame) - ok} failed); generated {when} by kdbench report"
+    counts = f"{ok} ok, {len(frame) - ok - pruned} failed" + (f", {pruned} pruned tuning trials" if pruned else "")
+    return f"{len(frame)} runs ({counts}); generated {when} by kdbench report"
 
 
 def write_report(
