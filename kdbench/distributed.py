@@ -21,7 +21,9 @@ A run's result does not depend on the number of processes, up to rounding and to
   (:func:`gather`), so the state is the same on every rank;
 - in-step randomness (dropout, drop-path, sampled negatives, the extra views) is drawn from a stream of each
   rank's own (:func:`rank_seed`), so that the shards do not share their noise; rank 0's stream is the one a single
-  process draws.
+  process draws;
+- shares of unequal size weigh their loss by their size (:func:`share_weight`), so the averaged gradient is the
+  whole batch's; a last batch with fewer images than processes is dropped (``data.base.train_batch_count``).
 
 Losses computed over the batch (the relations of RKD, SP, CC, PKT and DIST's inter-class term) see each rank's shard.
 
