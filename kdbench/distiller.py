@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from kdbench.config import build_params
 from kdbench.errors import KDBenchError
+from kdbench.features import match_stages
 from kdbench.registry import Registry
 
 if TYPE_CHECKING:
@@ -229,6 +230,18 @@ class Distiller(nn.Module):
         self.embeddings: bool = False
         self.extra_views: tuple[str, ...] = ()
         self.init_epochs: int = 0
+
+    def tap_stage_pairs(self, student: ModelInfo, teacher: ModelInfo, **options: Any) -> tuple[tuple[int, int], ...]:
+        """Pair the student's stages with the teacher's and read their maps; return the pairs, in order.
+
+        The pairing is :func:`kdbench.features.match_stages` from the ``depths``, ``student_indices`` and
+        ``teacher_indices`` of :attr:`params` (``options``: its ``skip_first``, ``at_least``); the paired stages
+        become :attr:`student_stages` and :attr:`teacher_stages`.
+        """
+        p = self.params
+        stages = match_stages(student, teacher, self.name, p.depths, p.student_indices, p.teacher_indices, **options)
+        self.student_stages, self.teacher_stages = stages.student, stages.teacher
+        return stages.pairs
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Return the named, already-weighted loss terms of one step, e.g. ``{"loss_ce": ..., "loss_kd": ...}``."""

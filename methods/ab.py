@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import Tensor, nn
 
 from kdbench.distiller import Distiller, RunContext, Step, register_method
-from kdbench.features import FeatureAdapter, ModelInfo, check_depths, match_stages
+from kdbench.features import FeatureAdapter, ModelInfo, check_depths
 from kdbench.losses import cross_entropy
 
 if TYPE_CHECKING:
@@ -90,10 +90,7 @@ class ActivationBoundaries(Distiller):
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
         super().__init__(params, student, teacher, data, context)
-        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
-                             params.teacher_indices)
-        self.pairs = stages.pairs
-        self.student_stages, self.teacher_stages = stages.student, stages.teacher
+        self.pairs = self.tap_stage_pairs(student, teacher)
         self.init_epochs = params.init_epochs
         shapes = [(student.stages[i], teacher.stages[j]) for i, j in self.pairs]
         self.connectors = nn.ModuleList(FeatureAdapter(a, b, project=(a.channels, a.height, a.width) !=

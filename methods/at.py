@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.distiller import Distiller, Step, register_method, tunable
-from kdbench.features import ModelInfo, check_depths, match_stages, pool_to_common_size
+from kdbench.features import ModelInfo, check_depths, pool_to_common_size
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo
@@ -75,10 +75,7 @@ class AttentionTransfer(Distiller):
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo) -> None:
         super().__init__(params, student, teacher, data)
-        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
-                             params.teacher_indices)
-        self.pairs = stages.pairs
-        self.student_stages, self.teacher_stages = stages.student, stages.teacher
+        self.pairs = self.tap_stage_pairs(student, teacher)
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and attention terms."""

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench.distiller import Distiller, RunContext, Step, register_method
-from kdbench.features import FeatureAdapter, ModelInfo, check_depths, match_stages, pool_to_common_size
+from kdbench.features import FeatureAdapter, ModelInfo, check_depths, pool_to_common_size
 from kdbench.losses import cross_entropy
 
 if TYPE_CHECKING:
@@ -86,10 +86,7 @@ class FSP(Distiller):
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
         super().__init__(params, student, teacher, data, context)
-        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
-                             params.teacher_indices, skip_first=False, at_least=2)
-        self.chain = stages.pairs
-        self.student_stages, self.teacher_stages = stages.student, stages.teacher
+        self.chain = self.tap_stage_pairs(student, teacher, skip_first=False, at_least=2)
         self.init_epochs = params.init_epochs
         shapes = [(student.stages[i], teacher.stages[j].channels) for i, j in self.chain]
         self.adapters = nn.ModuleList(FeatureAdapter(a, dataclasses.replace(a, channels=c)) for a, c in shapes)

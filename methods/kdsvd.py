@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
-from kdbench.features import ModelInfo, check_depths, match_stages, pool_to_common_size
+from kdbench.features import ModelInfo, check_depths, pool_to_common_size
 from kdbench.losses import cross_entropy
 
 if TYPE_CHECKING:
@@ -116,10 +116,7 @@ class KDSVD(Distiller):
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
         super().__init__(params, student, teacher, data, context)
-        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
-                             params.teacher_indices, at_least=2)
-        self.pairs = stages.pairs
-        self.student_stages, self.teacher_stages = stages.student, stages.teacher
+        self.pairs = self.tap_stage_pairs(student, teacher, at_least=2)
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and KD-SVD terms."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
-from kdbench.features import ModelInfo, check_depths, match_stages
+from kdbench.features import ModelInfo, check_depths
 from kdbench.losses import cross_entropy, flatten_embedding
 
 if TYPE_CHECKING:
@@ -113,10 +113,7 @@ class ReviewKD(Distiller):
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
         super().__init__(params, student, teacher, data, context)
-        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
-                             params.teacher_indices)
-        self.pairs = stages.pairs
-        self.student_stages, self.teacher_stages = stages.student, stages.teacher
+        self.pairs = self.tap_stage_pairs(student, teacher)
         self.embeddings = params.pooled_level
         ins = [student.stages[i].channels for i, _ in self.pairs]
         outs = [(teacher.stages[j].channels, (teacher.stages[j].height, teacher.stages[j].width))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
-from kdbench.features import ModelInfo, check_depths, match_stages, pool_to_common_size
+from kdbench.features import ModelInfo, check_depths, pool_to_common_size
 from kdbench.losses import cross_entropy
 
 if TYPE_CHECKING:
@@ -90,10 +90,7 @@ class VID(Distiller):
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
         super().__init__(params, student, teacher, data, context)
-        stages = match_stages(student, teacher, self.name, params.depths, params.student_indices,
-                             params.teacher_indices)
-        self.pairs = stages.pairs
-        self.student_stages, self.teacher_stages = stages.student, stages.teacher
+        self.pairs = self.tap_stage_pairs(student, teacher)
         self.regressors = nn.ModuleList(regressor(student.stages[i].channels, teacher.stages[j].channels)
                                         for i, j in self.pairs)
         alpha = math.log(math.expm1(params.init_pred_var - params.eps))  # softplus(alpha) + eps = init_pred_var
