@@ -289,6 +289,26 @@ def _one_line(error: BaseException) -> str:
     return f"{type(cause).__name__}: {text[0] if text else ''}".strip().rstrip(":")
 
 
+def report_result(result: dict[str, Any], what: str, bar: RunBar, outcome: SweepOutcome) -> bool:
+    """Report what a worker task (``train_teacher_task``, ``run_cohort_task``) returned; ``True`` when it failed.
+
+    Its notes and a ready teacher go to the bar, an error to the bar and ``outcome.problems``, and the bar advances
+    by the runs it finished. ``what`` names the cohort (or the teacher task) in the lines.
+    """
+    for line in result["log"]:
+        bar.write(line)
+    if result.get("skipped"):
+        bar.write(f"skipped {what}: its teacher failed")
+    if result.get("kind") == "teacher" and not result["error"]:
+        bar.write(f"teacher {result['teacher']} ready ({result['time_s']:.1f} s)")
+    if result["error"]:
+        message = result["error"] if result.get("kind") == "teacher" else f"{what}: {result['error']}"
+        outcome.problems.append(message)
+        bar.write(f"FAILED {message}")
+    bar.advance(len(result.get("finished", [])))
+    return bool(result["error"])
+
+
 def worker_fields(options: ExecOptions) -> dict[str, Any]:
     """The execution options a worker needs, as plain picklable data (no log callback, no progress bars)."""
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in ("log", "progress")}
@@ -470,17 +490,7 @@ class RayExecutor(Executor):
             result = ray.get(ref)
         except ray.exceptions.RayError as err:
             result = {"log": [], "error": _one_line(err), "finished": []}
-        for line in result["log"]:
-            bar.write(line)
-        if result.get("skipped"):
-            bar.write(f"skipped {what}: its teacher failed")
-        if result.get("kind") == "teacher" and not result["error"]:
-            bar.write(f"teacher {result['teacher']} ready ({result['time_s']:.1f} s)")
-        if result["error"]:
-            message = result["error"] if result.get("kind") == "teacher" else f"{what}: {result['error']}"
-            outcome.problems.append(message)
-            bar.write(f"FAILED {message}")
-        bar.advance(len(result.get("finished", [])))
+        report_result(result, what, bar, outcome)
 
 
 def import_submitit() -> Any:
@@ -556,13 +566,4 @@ class SlurmExecutor(Executor):
             result = handle.result()
         except Exception as err:  # noqa: BLE001 - a job that died (killed, timed out) is one line
             result = {"log": [], "error": f"job {handle.job_id}: {_one_line(err)}", "finished": []}
-        for line in result["log"]:
-            bar.write(line)
-        if result.get("kind") == "teacher" and not result["error"]:
-            bar.write(f"teacher {result['teacher']} ready ({result['time_s']:.1f} s)")
-        if result["error"]:
-            message = result["error"] if result.get("kind") == "teacher" else f"{what}: {result['error']}"
-            outcome.problems.append(message)
-            bar.write(f"FAILED {message}")
-        bar.advance(len(result.get("finished", [])))
-        return bool(result["error"])
+        return report_result(result, what, bar, outcome)
