@@ -10,6 +10,13 @@ TINY_TEACHER = "test_resnet"
 TINY_STUDENT = "test_efficientnet"
 
 
+def as_rank(monkeypatch, rank: int, size: int = 2) -> None:
+    """torchrun's variables for one rank of a world of ``size`` (no process group is joined)."""
+    monkeypatch.setenv("WORLD_SIZE", str(size))
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+
+
 def strip_timing(record: dict) -> dict:
     """A run record without what depends on timing or on the cohort it trained in: what solo and cohort share."""
     drop = {"created_at", "train_time_s", "train_samples_per_s", "teacher_time_s", "teacher_time_share",

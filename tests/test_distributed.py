@@ -15,7 +15,7 @@ import torch
 
 from kdbench import distributed
 from kdbench.errors import ConfigError
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, as_rank
 
 RUN = ["run", "--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT, "--epochs", "3",
        "--teacher-epochs", "2", "--batch-size", "64", "--device", "cpu", "--no-progress"]
@@ -42,9 +42,7 @@ def test_world_from_env_reads_torchrun_variables(monkeypatch):
 
 
 def test_more_processes_than_gpus_is_one_line(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("LOCAL_RANK", "0")
+    as_rank(monkeypatch, 0, size=4)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ConfigError, match="torchrun started 4 processes on a node with 2 GPUs: .*--nproc-per-node 2"):
@@ -56,10 +54,8 @@ def test_more_processes_than_gpus_is_one_line(monkeypatch):
 def test_commands_that_train_nothing_refuse_torchrun_in_one_line(monkeypatch, capsys, tmp_path, command):
     from kdbench import cli
 
-    for rank, printed in (("1", False), ("0", True)):
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        monkeypatch.setenv("RANK", rank)
-        monkeypatch.setenv("LOCAL_RANK", rank)
+    for rank, printed in ((1, False), (0, True)):
+        as_rank(monkeypatch, rank)
         monkeypatch.chdir(tmp_path)
         assert cli.main(command) == 2
         out, err = capsys.readouterr()
@@ -95,9 +91,7 @@ def test_a_last_batch_too_small_to_share_is_dropped_under_torchrun(monkeypatch):
 def test_a_batch_smaller_than_the_process_count_is_one_line(monkeypatch, capsys):
     from kdbench import cli
 
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("LOCAL_RANK", "0")
+    as_rank(monkeypatch, 0, size=4)
     assert cli.main([*RUN, "--batch-size", "2", "--method", "ce"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1

@@ -23,7 +23,7 @@ import yaml
 from kdbench import cli, distributed
 from kdbench.engine import shared_error
 from kdbench.errors import DataError, KDBenchError, ModelError
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, as_rank
 
 #: the collectives' timeout in the torchrun tests; each launch must end well before it (a hang cannot pass)
 DIST_TIMEOUT = 300
@@ -48,13 +48,6 @@ def torchrun(args: list[str], nproc: int = 2) -> tuple[subprocess.CompletedProce
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env, check=False)
     return done, time.perf_counter() - started
-
-
-def as_rank(monkeypatch, rank: int, size: int = 2) -> None:
-    """torchrun's variables for one rank of a world of ``size`` (no process group is joined)."""
-    monkeypatch.setenv("WORLD_SIZE", str(size))
-    monkeypatch.setenv("RANK", str(rank))
-    monkeypatch.setenv("LOCAL_RANK", str(rank))
 
 
 def kdbench_traceback(text: str) -> bool:
