@@ -13,7 +13,6 @@ import fcntl
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +26,7 @@ from kdbench.data import DATA_ROOT_ENV, DataConfig, Splits, dataset_fingerprint,
 from kdbench.env import environment, resolve_device
 from kdbench.errors import ConfigError, DataError, KDBenchError, ModelError
 from kdbench.models import count_params_m
+from kdbench.options import ExecOptions
 from kdbench.plan import make_plan
 from kdbench.results import FINISHED_STATUSES, read_record, write_record
 from kdbench.teachers import Teacher, prepare_teacher
@@ -34,55 +34,6 @@ from kdbench.trackers import attach_trackers, finish_trackers
 from kdbench.training import Member, classification_metrics, predict, top1, train_members
 
 CLAIMS_DIR = "claims"
-
-
-@dataclass
-class ExecOptions:
-    """Where and how runs execute; nothing here changes what a run computes.
-
-    Attributes:
-        results: the results store folder.
-        teacher_cache: where trained teachers are cached (default ``<results>/teachers``).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        data_root: root folder of file-based datasets (else ``$KDBENCH_DATA``).
-        download: download CIFAR when missing.
-        cohort: train runs that share a teacher together (one teacher pass per batch).
-        max_cohort: the most runs in one cohort (a memory cap).
-        retry_failed: run again the runs whose record says ``failed``.
-        progress: show progress bars.
-        measure: measure the student's efficiency (params, MACs, latency, throughput) into each record.
-        log: where one-line notes and per-run summaries go.
-        trackers: experiment trackers that receive each run's per-epoch history (``tensorboard``, ``mlflow``,
-            ``wandb``; see :mod:`kdbench.trackers`).
-        compile: run the training forward passes of students and teacher under ``torch.compile``. Like the
-            device, it changes how a run executes, not what it computes, so it is not part of the run id; each
-            record states it (``compile``).
-        epoch_hook: called with each run's spec before it trains; what it returns (if not ``None``) is added to
-            the run's epoch listeners and called with each history entry. A listener that raises
-            :class:`~kdbench.training.RunPruned` stops its run early with status ``pruned`` (``kdbench tune``'s
-            pruning). It travels to Ray and Slurm workers, so it must pickle (a module-level class's instance,
-            not a lambda); under torchrun every rank calls it, so its decisions must agree across ranks.
-    """
-
-    results: Path = Path("results")
-    teacher_cache: Path | None = None
-    device: str = "auto"
-    data_root: str | None = None
-    download: bool = False
-    cohort: bool = True
-    max_cohort: int = 8
-    retry_failed: bool = False
-    progress: bool = True
-    measure: bool = True
-    log: Callable[[str], None] = field(default=lambda line: tqdm.write(line, file=sys.stderr))
-    trackers: tuple[str, ...] = ()
-    compile: bool = False
-    epoch_hook: Callable[[RunSpec], Callable[[dict[str, Any]], None] | None] | None = None
-
-    @property
-    def teacher_dir(self) -> Path:
-        """The teacher cache folder."""
-        return Path(self.teacher_cache) if self.teacher_cache else Path(self.results) / "teachers"
 
 
 def execute(specs: Sequence[RunSpec], options: ExecOptions) -> list[dict[str, Any]]:

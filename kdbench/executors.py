@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 from kdbench import distributed
 from kdbench.config import RunSpec
 from kdbench.distiller import discover_methods, load_plugin_file
-from kdbench.engine import ExecOptions, load_splits, progress_bars, run_cohort
+from kdbench.engine import load_splits, progress_bars, run_cohort
 from kdbench.env import resolve_device
 from kdbench.errors import ConfigError, KDBenchError
+from kdbench.options import ExecOptions, Resources
 from kdbench.plan import make_plan
 from kdbench.registry import Registry
 from kdbench.results import read_record, record_path
@@ -68,10 +69,10 @@ class SweepJob:
     cohorts: list[list[RunSpec]]
     options: ExecOptions
     plugins: Sequence[str] = ()
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    ray_address: str | None = None
-    gpus_per_run: int = 1
+    num_cpus: float = Resources.num_cpus
+    num_gpus: float = Resources.num_gpus
+    ray_address: str | None = Resources.ray_address
+    gpus_per_run: int = Resources.gpus_per_run
 
     @property
     def pending(self) -> list[RunSpec]:

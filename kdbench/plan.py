@@ -13,17 +13,15 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kdbench.config import RunSpec, build_params, cohort_key, params_dict
 from kdbench.distiller import get_method
 from kdbench.errors import ConfigError
 from kdbench.models import check_model_name
+from kdbench.options import ExecOptions
 from kdbench.results import FINISHED_STATUSES, read_record
 from kdbench.teachers import file_sha256
-
-if TYPE_CHECKING:  # for annotations only: the engine imports this module
-    from kdbench.engine import ExecOptions
 
 
 @functools.cache

@@ -46,10 +46,9 @@ from kdbench.config import (
 )
 from kdbench.data import DATASETS, DataConfig, describe_dataset
 from kdbench.distiller import discover_methods, get_method, load_plugin_file
-from kdbench.engine import ExecOptions
 from kdbench.errors import ConfigError, KDBenchError, ModelError
-from kdbench.executors import SweepJob
 from kdbench.models import check_model_name, create_model
+from kdbench.options import ExecOptions, Resources
 from kdbench.plan import expand
 from kdbench.teachers import read_state_dict
 
@@ -174,7 +173,7 @@ RunBudget = dataclasses.make_dataclass(
                             "__doc__": "The training budget of a run: RunSpec's fields that are not its identity."},
 )
 
-_EXEC_DEFAULTS = {**dataclass_defaults(ExecOptions), **dataclass_defaults(SweepJob)}
+_EXEC_DEFAULTS = {**dataclass_defaults(ExecOptions), **dataclass_defaults(Resources)}
 
 
 @dataclass(frozen=True)

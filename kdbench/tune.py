@@ -56,8 +56,9 @@ from typing import TYPE_CHECKING, Any
 
 from kdbench.config import RunSpec, build_params, coerce_value, dataclass_field_types, method_label, params_dict
 from kdbench.distiller import get_method
-from kdbench.engine import ExecOptions, execute
+from kdbench.engine import execute
 from kdbench.errors import ConfigError, KDBenchError
+from kdbench.options import ExecOptions
 from kdbench.plan import checkpoint_sha256, make_spec
 from kdbench.results import atomic_write_text, read_record
 from kdbench.sweep import PairEntry, SpecError, SweepSpec, parse_sweep_spec, read_spec_data
@@ -708,7 +709,7 @@ class TrialRef:
 
 
 class PruningHook:
-    """The engine's epoch hook (:attr:`kdbench.engine.ExecOptions.epoch_hook`) for a batch of trials.
+    """The engine's epoch hook (:attr:`kdbench.options.ExecOptions.epoch_hook`) for a batch of trials.
 
     For a run of ``trials`` it returns a listener that reports each epoch's validation top-1 to the run's trial
     and raises :class:`~kdbench.training.RunPruned` when the study's pruner says stop (never at the run's last

@@ -1,6 +1,6 @@
 """What the subcommands share: the one-line parser, the flags of ``run`` and ``sweep`` (declared once), and helpers.
 
-The defaults of the execution flags are the fields of :class:`kdbench.engine.ExecOptions`; a sweep's flags default
+The defaults of the execution flags are the fields of :class:`kdbench.options.ExecOptions`; a sweep's flags default
 to ``None`` instead, so that the spec's setting (and then those same defaults) applies where a flag is not given.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from kdbench.config import dataclass_defaults
-from kdbench.engine import ExecOptions
 from kdbench.errors import ConfigError
+from kdbench.options import ExecOptions
 from kdbench.trackers import TRACKERS
 
 #: the defaults of the execution options, the one source for ``run``'s flags and a sweep spec's execution keys

@@ -1,7 +1,7 @@
 """``kdbench run``: one teacher/student pair, several methods and seeds; with no arguments, the quick start.
 
 The training-budget flags take their defaults from :class:`kdbench.config.RunSpec`'s fields, the execution flags
-from :class:`kdbench.engine.ExecOptions`'s, so a run asked for on the command line, in a sweep spec or in code
+from :class:`kdbench.options.ExecOptions`'s, so a run asked for on the command line, in a sweep spec or in code
 means the same thing where it leaves a setting out.
 """
 
@@ -21,9 +21,10 @@ from kdbench.config import OPTIMIZERS, SCHEDULES, RunSpec, dataclass_defaults, p
 from kdbench.data import DATASETS, DataConfig, describe_dataset
 from kdbench.distiller import get_method, list_methods, load_plugin_file
 from kdbench.distributed import check_batch_sizes, world_from_env
-from kdbench.engine import ExecOptions, execute
+from kdbench.engine import execute
 from kdbench.env import resolve_device
 from kdbench.errors import ConfigError, KDBenchError
+from kdbench.options import ExecOptions
 from kdbench.plan import expand, make_plan
 from kdbench.report.console import console_leaderboard
 from kdbench.results import check_writable, records_frame

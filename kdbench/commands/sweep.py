@@ -18,10 +18,10 @@ from kdbench.commands.common import add_execution_flags, add_store_flags
 from kdbench.config import RunSpec, build_params, method_label
 from kdbench.distiller import get_method
 from kdbench.distributed import world_from_env
-from kdbench.engine import ExecOptions
 from kdbench.env import resolve_device
 from kdbench.errors import ConfigError
 from kdbench.executors import EXECUTORS, RunBar, SweepJob, import_ray, import_submitit
+from kdbench.options import ExecOptions
 from kdbench.plan import Plan, make_plan
 from kdbench.report.console import console_leaderboard
 from kdbench.results import check_writable, read_record, records_frame

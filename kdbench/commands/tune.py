@@ -56,9 +56,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _setup(spec: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The execution options and settings (a flag wins over the spec, the spec over the defaults)."""
     from kdbench.commands.sweep import execution_settings
-    from kdbench.engine import ExecOptions
     from kdbench.env import resolve_device
     from kdbench.executors import import_ray
+    from kdbench.options import ExecOptions
     from kdbench.sweep import check_sweep_data
 
     settings = execution_settings(spec.sweep, args)
