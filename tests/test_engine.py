@@ -149,7 +149,7 @@ def test_teacher_free_methods_never_touch_a_teacher(results, monkeypatch):
         raise AssertionError("a teacher was used")
 
     monkeypatch.setattr("kdbench.engine.prepare_teacher", no_teacher)
-    monkeypatch.setattr(training, "teacher_forward", no_teacher)
+    monkeypatch.setattr(training.forward, "teacher_forward", no_teacher)
     (record,) = execute(specs_for({"ce": {}}), options(results))
     assert record["status"] == "ok" and record["teacher"] is None and record["teacher_source"] == "none"
     assert record["agreement"] is None and record["teacher_top1"] is None

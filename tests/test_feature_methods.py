@@ -303,12 +303,12 @@ def test_a_student_without_taps_is_recorded_failed_with_the_one_line_error(resul
     from kdbench import training
     from kdbench.engine import ExecOptions, execute
 
-    timm_create = training.create_model
+    timm_create = training.member.create_model
 
     def create(name: str, **kwargs: object) -> torch.nn.Module:
         return PlainMLP(**kwargs) if name == "plain_mlp" else timm_create(name, **kwargs)
 
-    monkeypatch.setattr(training, "create_model", create)
+    monkeypatch.setattr(training.member, "create_model", create)
     specs = [RunSpec(dataset="digits", student="plain_mlp", teacher="test_resnet", method=m, epochs=1,
                      teacher_epochs=1) for m in ("fitnets", "at")]
     records = execute(specs, ExecOptions(results=results, device="cpu", progress=False, measure=False,

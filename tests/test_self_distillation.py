@@ -330,7 +330,7 @@ def teacher_free_run(tmp_path_factory):
 
     created: dict[int, dict[str, torch.Tensor]] = {}
     generations: list[dict] = []
-    real_create, real_next = training.create_model, training.Member.next_generation
+    real_create, real_next = training.member.create_model, training.Member.next_generation
 
     def recording_create(*args, **kwargs):
         model = real_create(*args, **kwargs)
@@ -351,8 +351,8 @@ def teacher_free_run(tmp_path_factory):
                    seeds=[0], **BUDGET)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("kdbench.engine.prepare_teacher", no_teacher)
-        mp.setattr(training, "teacher_forward", no_teacher)
-        mp.setattr(training, "create_model", recording_create)
+        mp.setattr(training.forward, "teacher_forward", no_teacher)
+        mp.setattr(training.member, "create_model", recording_create)
         mp.setattr(training.Member, "next_generation", recording_next)
         records = execute(specs, ExecOptions(results=results, device="cpu", progress=False, measure=False,
                                              log=lambda line: None))
@@ -422,8 +422,9 @@ def test_self_distillation_sits_next_to_teacher_based_runs(tmp_path, monkeypatch
     from kdbench.report.aggregate import leaderboard
 
     forwards = []
-    real_forward = training.teacher_forward
-    monkeypatch.setattr(training, "teacher_forward", lambda *a, **k: forwards.append(1) or real_forward(*a, **k))
+    real_forward = training.forward.teacher_forward
+    monkeypatch.setattr(training.forward, "teacher_forward",
+                        lambda *a, **k: forwards.append(1) or real_forward(*a, **k))
     specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={"kd": {}, "tfkd": {}},
                    seeds=[0], **BUDGET)
     records = {r["method"]: r for r in execute(specs, ExecOptions(results=tmp_path, device="cpu", progress=False,

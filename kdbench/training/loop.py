@@ -1,0 +1,203 @@
+"""The cohort loop: every member trained on one shared data stream with one teacher pass per batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdbench import distributed
+from kdbench.data import Batch, Splits
+from kdbench.training.evaluation import predict, to_memory_format, top1
+from kdbench.training.forward import teacher_outputs
+from kdbench.training.member import Member
+from kdbench.training.rng import host_rngs_preserved
+from kdbench.views import VIEW_AUGMENTATIONS, view_seed
+
+ProgressHook = Callable[[int], None]
+
+
+def train_members(members: Sequence[Member], splits: Splits, teacher: nn.Module | None, *,
+                  progress: ProgressHook | None = None) -> None:
+    """Train every member for its budget on one shared data stream.
+
+    All members share the dataset, seed, batch size and epochs (see :func:`kdbench.config.cohort_key`); each
+    batch is drawn and augmented once (and each extra view any member asked for made once), the teacher runs once
+    on it (logits plus the union of the stages and the embedding any member asked for), and each active member
+    takes its own step. A member whose loss turns non-finite, or whose method raises, is marked failed and the
+    others go on. A member whose method has an initialisation phase runs it first, alone, on a data stream of its
+    own (so the shared stream, and the other members' results, do not depend on it).
+
+    Args:
+        members: the cohort; members with several generations must train alone.
+        splits: the dataset.
+        teacher: the teacher in eval mode, or ``None`` when no member needs one.
+        progress: called with the number of steps done, for a progress bar.
+    """
+    if not members:
+        return
+    first = members[0].spec
+    generations = members[0].generations
+    if generations > 1 and len(members) > 1:
+        raise ValueError("a member with several generations trains alone")
+    eval_batch_size = max(256, first.batch_size)
+    iterations = splits.num_batches("train", first.batch_size)
+    with host_rngs_preserved():
+        for generation in range(generations):
+            if generation:
+                members[0].next_generation()
+            for member in members:
+                if member.active and member.method.init_epochs > 0:
+                    _init_phase(member, splits, teacher, eval_batch_size, iterations, progress)
+            _train_epochs([m for m in members if m.active], splits, teacher, first.seed, first.epochs, iterations,
+                          eval_batch_size, progress, phase="train")
+            if generations > 1 and members[0].active:
+                pred = predict(members[0].student, splits, first.eval_split, eval_batch_size, amp=first.amp,
+                               channels_last=first.channels_last)
+                members[0].generation_top1.append(top1(pred.logits, pred.labels))
+
+
+INIT_STREAM = "init"
+
+
+def _init_phase(member: Member, splits: Splits, teacher: nn.Module | None, eval_batch_size: int,
+                iterations: int, progress: ProgressHook | None) -> None:
+    """Run ``member``'s initialisation phase alone, on a data stream seeded apart from the shared one."""
+    try:
+        optimizer = member.init_optimizer()
+    except Exception as err:  # noqa: BLE001 - a method's failure is its run's failure
+        member.fail(err)
+        return
+    _train_epochs([member], splits, teacher, view_seed(member.spec.seed, INIT_STREAM), member.method.init_epochs,
+                  iterations, eval_batch_size, progress, phase="init", optimizer=optimizer)
+    if member.active:
+        member.end_init_phase()
+
+
+def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module | None, seed: int, epochs: int,
+                  iterations: int, eval_batch_size: int, progress: ProgressHook | None, *, phase: str,
+                  optimizer: torch.optim.Optimizer | None = None) -> None:
+    """``epochs`` epochs of the members on one data stream seeded ``seed`` (the shared loop of both phases)."""
+    if not members:
+        return
+    first = members[0].spec
+    device = members[0].device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    view_names = sorted({v for m in members for v in m.method.extra_views})
+    view_generators = {}
+    for name in view_names:
+        view_generators[name] = torch.Generator(device=device)
+        view_generators[name].manual_seed(distributed.rank_seed(view_seed(seed, name)))
+    clock = StepClock(device)
+    num_train = int(splits.info.sizes.get("train", 0))
+    for epoch in range(epochs):
+        shared_before = {id(m): m.shared_time_s + m.own_time_s for m in members}
+        batches = splits.train_batches(first.batch_size, generator)
+        for iteration in range(iterations):
+            tick = clock.mark()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            if not splits.shards_train_batches:
+                batch = Batch(*distributed.shard(batch.images, batch.labels, batch.indices))
+            # under torchrun, this rank's share of the global batch (the epoch's last batch may be short)
+            whole = min(first.batch_size, num_train - iteration * first.batch_size)
+            weight = distributed.share_weight(len(batch.labels), whole)
+            active = [m for m in members if m.active]
+            if not active:
+                clock.settle()
+                return
+            images = to_memory_format(batch.images, first.channels_last)
+            wanted = sorted({v for m in active for v in m.method.extra_views})
+            views = {name: to_memory_format(VIEW_AUGMENTATIONS.get(name)(batch.images, splits.info,
+                                                                         view_generators[name]),
+                                            first.channels_last)
+                     for name in wanted}
+            tock = clock.mark()
+            clock.charge(tick, tock, [(m, "shared_time_s", 1 / len(active)) for m in active])
+            users = [m for m in active if m.uses_teacher]
+            out = None
+            if teacher is not None and users:
+                tick = tock
+                out = teacher_outputs(teacher, images, views, users, first.amp)
+                tock = clock.mark()
+                clock.charge(tick, tock, [(m, name, 1 / len(users)) for m in users
+                                          for name in ("teacher_time_s", "shared_time_s")])
+            for m in active:
+                tick = tock
+                try:
+                    m.train_step(images, batch.labels, batch.indices, out, epoch, iteration, iterations,
+                                 views={v: views[v] for v in m.method.extra_views}, phase=phase,
+                                 optimizer=optimizer, weight=weight)
+                except Exception as err:  # noqa: BLE001 - one member's failure must not stop the others
+                    m.fail(err)
+                tock = clock.mark()
+                clock.charge(tick, tock, [(m, "own_time_s", 1.0)])
+                m.samples += len(batch.labels)
+            if progress is not None:
+                progress(1)
+        clock.settle()
+        for m in members:
+            if not m.active:
+                continue
+            try:
+                spent = m.shared_time_s + m.own_time_s - shared_before[id(m)]
+                m.end_epoch(epoch, splits, eval_batch_size, spent, phase=phase)
+            except Exception as err:  # noqa: BLE001 - as above
+                m.fail(err)
+
+
+class StepClock:
+    """Timings of the training loop without a host synchronisation per step.
+
+    A mark is the wall clock on the CPU. On a GPU it is a CUDA event recorded on the current stream, so a span
+    between two marks is the device time between them (including any time the device sat idle waiting for the
+    host, e.g. for the data loader, which is charged to the span in which the host was late). Spans on a GPU are
+    resolved in one synchronisation at :meth:`settle` (the cohort loop calls it at each epoch's end, and it runs by
+    itself every :attr:`SETTLE_EVERY` spans so that the events of a long epoch do not pile up).
+
+    Args:
+        device: the training device.
+    """
+
+    SETTLE_EVERY = 4096
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._spans: list[tuple[Any, Any, list[tuple[Any, str, float]]]] = []
+
+    def mark(self) -> Any:
+        """A point in time: ``time.perf_counter()`` on the CPU, a recorded CUDA event on a GPU."""
+        if not self._cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def charge(self, start: Any, end: Any, targets: list[tuple[Any, str, float]]) -> None:
+        """Add ``weight`` times the span from ``start`` to ``end`` (seconds) to ``target.<attribute>``, for each."""
+        if not self._cuda:
+            _add_time(end - start, targets)
+            return
+        self._spans.append((start, end, targets))
+        if len(self._spans) >= self.SETTLE_EVERY:
+            self.settle()
+
+    def settle(self) -> None:
+        """Resolve the pending spans (on a GPU: wait for the last event once)."""
+        if not self._spans:
+            return
+        self._spans[-1][1].synchronize()
+        for start, end, targets in self._spans:
+            _add_time(start.elapsed_time(end) / 1000.0, targets)
+        self._spans.clear()
+
+
+def _add_time(seconds: float, targets: list[tuple[Any, str, float]]) -> None:
+    for target, attribute, weight in targets:
+        setattr(target, attribute, getattr(target, attribute) + seconds * weight)
