@@ -14,7 +14,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,108 @@ TEACHER_SOURCES = ("trained", "checkpoint", "pretrained", "none", "self")
 #   2: method contract v2 (construction context, initialisation phase, parameter groups, extra views, per-member
 #      copies of the teacher's outputs), the optimiser as a run setting, test top-1 at the best validation epoch.
 PROTOCOL_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The valid values of a number, or of each number of a tuple: an interval whose ends may be open or missing.
+
+    Attributes:
+        low: the lower end (``None``: unbounded below).
+        high: the upper end (``None``: unbounded above).
+        low_open: the lower end itself is left out (``> low`` rather than ``>= low``).
+        high_open: the upper end itself is left out.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` lies inside (a tuple or list: each of its items).
+
+        ``None`` and non-numbers pass: their type is checked elsewhere.
+        """
+        if isinstance(value, list | tuple):
+            return all(self.holds(v) for v in value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return True
+        above = self.low is None or value > self.low or (value == self.low and not self.low_open)
+        below = self.high is None or value < self.high or (value == self.high and not self.high_open)
+        return above and below
+
+    def __str__(self) -> str:
+        """``> 0``, ``>= 1``, ``<= 1`` or ``in [0, 1)``."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def problem(self, where: str, value: Any) -> str | None:
+        """The one-line message for ``value`` outside the interval (``None`` when it is inside)."""
+        if self.holds(value):
+            return None
+        if isinstance(value, list | tuple):
+            return f"{where} must be a list of values {self}; got {list(value)}"
+        return f"{where} must be {self} (got {value!r})"
+
+
+def valid(*, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None) -> dict[str, Bounds]:
+    """Field metadata that declares a field's valid values once, next to its default.
+
+    Use it as ``kd_weight: float = field(default=0.9, metadata=valid(ge=0))``; with a search space too,
+    ``metadata=valid(gt=0) | tunable(1.0, 8.0)``. For a tuple field each item must lie in the range; ``None`` always
+    passes. :func:`build_params` (every ``--set``, sweep grid and tune trial) and :func:`check_ranges` read it.
+
+    Args:
+        ge: the value must be >= ``ge``.
+        gt: the value must be > ``gt``.
+        le: the value must be <= ``le``.
+        lt: the value must be < ``lt``.
+
+    Raises:
+        ValueError: both ends given twice (``ge`` with ``gt``), no end, or an empty interval.
+    """
+    if (ge is not None and gt is not None) or (le is not None and lt is not None):
+        raise ValueError("give at most one lower end (ge or gt) and one upper end (le or lt)")
+    low, high = ge if gt is None else gt, le if lt is None else lt
+    if low is None and high is None:
+        raise ValueError("valid() needs an end: ge, gt, le or lt")
+    bounds = Bounds(low, high, low_open=gt is not None, high_open=lt is not None)
+    if low is not None and high is not None and not (low < high or (low == high and bounds.holds(low))):
+        raise ValueError(f"valid() range {bounds} is empty")
+    return {"valid": bounds}
+
+
+def field_bounds(spec_field: dataclasses.Field) -> Bounds | None:
+    """The :class:`Bounds` a dataclass field declares through :func:`valid`, or ``None``."""
+    return spec_field.metadata.get("valid") if spec_field.metadata else None
+
+
+def check_ranges(cls: type, values: Mapping[str, Any], owner: str = "",
+                 label: Callable[[str], str] = str) -> None:
+    """Check ``values`` (field name -> value; absent fields are skipped) against the ranges ``cls`` declares.
+
+    Args:
+        cls: a dataclass whose fields may carry :func:`valid` metadata.
+        values: the values to check.
+        owner: the method name, for messages (``kd.kd_weight must be >= 0``); empty for no prefix.
+        label: how a field name is written in messages (the run settings write ``batch size``).
+
+    Raises:
+        ConfigError: the first value outside its range, in one line naming it, its value and the range.
+    """
+    for spec_field in dataclasses.fields(cls):
+        bounds = field_bounds(spec_field)
+        if bounds is None or spec_field.name not in values:
+            continue
+        name = label(spec_field.name)
+        problem = bounds.problem(f"{owner}.{name}" if owner else name, values[spec_field.name])
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass(frozen=True)
@@ -85,29 +187,29 @@ class RunSpec:
     teacher: str | None = None
     method_params: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = field(default=5, metadata=valid(gt=0))
+    batch_size: int = field(default=128, metadata=valid(gt=0))
+    lr: float = field(default=0.05, metadata=valid(gt=0))
+    momentum: float = field(default=0.9, metadata=valid(ge=0, lt=1))
+    weight_decay: float = field(default=5e-4, metadata=valid(ge=0))
     schedule: str = "cosine"
-    milestones: tuple[int, ...] = ()
-    lr_decay: float = 0.1
-    warmup_epochs: int = 0
+    milestones: tuple[int, ...] = field(default=(), metadata=valid(gt=0))
+    lr_decay: float = field(default=0.1, metadata=valid(gt=0, le=1))
+    warmup_epochs: int = field(default=0, metadata=valid(ge=0))
     teacher_epochs: int = 5
-    teacher_lr: float | None = None
-    teacher_weight_decay: float | None = None
+    teacher_lr: float | None = field(default=None, metadata=valid(gt=0))
+    teacher_weight_decay: float | None = field(default=None, metadata=valid(ge=0))
     teacher_seed: int = 0
     teacher_source: str = "trained"
     teacher_ckpt_sha256: str | None = None
-    val_fraction: float = 0.1
-    image_size: int | None = None
+    val_fraction: float = field(default=0.1, metadata=valid(ge=0, lt=1))
+    image_size: int | None = field(default=None, metadata=valid(ge=4))
     data_options: Mapping[str, Any] = field(default_factory=dict)
     data_fingerprint: str | None = None
     amp: bool = False
     channels_last: bool = False
     optimizer: str = "sgd"
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=valid(ge=0, lt=1))
     eval_split: str = "test"
     method_version: int = 1
     protocol_version: int = PROTOCOL_VERSION
@@ -135,33 +237,25 @@ class RunSpec:
 def validate_budget(spec: Any) -> None:
     """Check the training budget of a spec; raise a one-line :class:`ConfigError` for the first problem.
 
+    The valid range of each setting (``momentum`` in [0, 1), ``lr`` > 0, ...) is declared once, on its
+    :class:`RunSpec` field (:func:`valid`); the checks here are those between settings.
+
     ``spec`` is a :class:`RunSpec`, or any dataclass with its budget fields (the budget part of a sweep spec, see
     :mod:`kdbench.sweep`), which is checked as the budget of a run whose teacher kdbench trains.
     """
     check_finite(spec)
+    present = {f.name: getattr(spec, f.name) for f in dataclasses.fields(RunSpec) if hasattr(spec, f.name)}
+    check_ranges(RunSpec, present, label=lambda name: name.replace("_", " "))  # the ranges its fields declare
     trains_teacher = getattr(spec, "teacher_source", "trained") == "trained"
     checks = [
-        (spec.epochs > 0, f"epochs must be > 0 (got {spec.epochs})"),
-        (spec.batch_size > 0, f"batch size must be > 0 (got {spec.batch_size})"),
-        (spec.lr > 0, f"lr must be > 0 (got {spec.lr})"),
-        (spec.momentum >= 0, f"momentum must be >= 0 (got {spec.momentum})"),
-        (spec.weight_decay >= 0, f"weight decay must be >= 0 (got {spec.weight_decay})"),
         (spec.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)} (got {spec.schedule!r})"),
         (spec.schedule != "multistep" or bool(spec.milestones), "the multistep schedule needs milestones"),
-        (all(m > 0 for m in spec.milestones), f"milestones must be positive epochs (got {list(spec.milestones)})"),
-        (0 < spec.lr_decay <= 1, f"lr decay must be in (0, 1] (got {spec.lr_decay})"),
-        (0 <= spec.warmup_epochs < spec.epochs or spec.warmup_epochs == 0,
+        (spec.warmup_epochs < spec.epochs or spec.warmup_epochs == 0,
          f"warmup epochs must be in [0, epochs) (got {spec.warmup_epochs})"),
         (spec.teacher_epochs > 0 or not trains_teacher,
          f"teacher epochs must be > 0 (got {spec.teacher_epochs})"),
-        (spec.teacher_lr is None or spec.teacher_lr > 0, f"teacher lr must be > 0 (got {spec.teacher_lr})"),
-        (spec.teacher_weight_decay is None or spec.teacher_weight_decay >= 0,
-         f"teacher weight decay must be >= 0 (got {spec.teacher_weight_decay})"),
-        (0 <= spec.val_fraction < 1, f"val fraction must be in [0, 1) (got {spec.val_fraction})"),
-        (spec.image_size is None or spec.image_size >= 4, f"image size must be >= 4 (got {spec.image_size})"),
         (spec.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {spec.optimizer!r})"),
-        (len(spec.betas) == 2 and all(0 <= b < 1 for b in spec.betas),
-         f"betas must be two numbers in [0, 1) (got {list(spec.betas)})"),
+        (len(spec.betas) == 2, f"betas must be two numbers in [0, 1) (got {list(spec.betas)})"),
         (spec.eval_split in EVAL_SPLITS,
          f"eval split must be one of {', '.join(EVAL_SPLITS)} (got {spec.eval_split!r})"),
         (spec.eval_split != "val" or spec.val_fraction > 0,
@@ -347,7 +441,8 @@ def build_params(params_cls: type, overrides: Mapping[str, Any], owner: str) -> 
         owner: the method name, for error messages.
 
     Raises:
-        ConfigError: an unknown parameter (with close matches) or a value of the wrong type.
+        ConfigError: an unknown parameter (with close matches), a value of the wrong type, or one outside the range
+            its field declares (:func:`valid`): ``kd.kd_weight must be >= 0 (got -1.0)``.
     """
     types_by_name = dataclass_field_types(params_cls)
     values = {}
@@ -359,6 +454,7 @@ def build_params(params_cls: type, overrides: Mapping[str, Any], owner: str) -> 
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(types_by_name) or 'none'}"
             raise ConfigError(f"method {owner!r} has no parameter {name!r}; {hint}")
         values[name] = coerce_value(raw, types_by_name[name], f"{owner}.{name}")
+    check_ranges(params_cls, values, owner)
     try:
         return params_cls(**values)
     except (ValueError, TypeError) as err:

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from kdbench.config import build_params
+from kdbench.config import Bounds, build_params, check_ranges, field_bounds, valid
 from kdbench.errors import KDBenchError
 from kdbench.features import match_stages
+from kdbench.losses import cross_entropy
 from kdbench.registry import Registry
 
 if TYPE_CHECKING:
@@ -41,6 +42,20 @@ if TYPE_CHECKING:
     from kdbench.features import ModelInfo
 
 ENTRY_POINT_GROUP = "kdbench.methods"
+
+#: The method families, in the order `kdbench list methods`, the README's methods table and the report's colours
+#: follow, each with its heading in the README. A method declares one as its ``family`` class attribute; a plugin
+#: that declares none is ``other``.
+FAMILIES: dict[str, str] = {
+    "baseline": "baseline",
+    "logit": "logit methods",
+    "feature": "feature-map methods",
+    "relation": "relation methods",
+    "init_phase": "initialisation-phase methods",
+    "self": "self-distillation and teacher-free",
+    "architecture": "heterogeneous architectures and ViT students",
+    "other": "other methods",
+}
 
 
 def tunable(low: float | None = None, high: float | None = None, *, log: bool = False,
@@ -63,6 +78,56 @@ def tunable(low: float | None = None, high: float | None = None, *, log: bool = 
 
 
 @dataclass(frozen=True)
+class MethodParams:
+    """Base of a method's ``Params``: constructing one checks every field against the range it declares.
+
+    A field declares its valid values once with ``metadata=valid(...)`` (:func:`kdbench.config.valid`); a
+    ``Params`` with a ``__post_init__`` of its own (checks between fields) calls ``super().__post_init__()`` first.
+    ``--set``, sweep grids and tune trials are checked against the same ranges before anything runs, in one line
+    naming the method (:func:`kdbench.config.build_params`), whether or not a plugin's ``Params`` derives from it.
+
+    Raises:
+        ConfigError: (a ``ValueError``) a value outside its field's range.
+    """
+
+    def __post_init__(self) -> None:
+        check_ranges(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+@dataclass(frozen=True)
+class StageSelection(MethodParams):
+    """The stage selection of a method that pairs student stages with teacher stages (a ``Params`` base).
+
+    :meth:`Distiller.tap_stage_pairs` reads it. A method may declare ``depths`` again with its own default.
+
+    Attributes:
+        depths: relative depths in [0, 1] of the matched stages in both models (``None``: the default pairing).
+        student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
+        teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
+    """
+
+    depths: tuple[float, ...] | None = field(default=None, metadata=valid(ge=0, le=1))
+    student_indices: tuple[int, ...] | None = None
+    teacher_indices: tuple[int, ...] | None = None
+
+
+def same_range(params_cls: type, name: str, default: Any) -> Any:
+    """A field for a preset's ``Params`` that re-declares ``name`` of ``params_cls`` with a new default.
+
+    It keeps the parent field's valid range (:func:`kdbench.config.valid`), not its search space: a preset tunes
+    nothing it does not declare. ``temperature: float = same_range(LogitKD.Params, "temperature", 2.0)``.
+    """
+    parent = next(f for f in dataclasses.fields(params_cls) if f.name == name)
+    bounds = field_bounds(parent)
+    return field(default=default, metadata={"valid": bounds} if bounds else {})
+
+
+def gather_here(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """:attr:`RunContext.gather` in one process: every row is already here, so the tensors themselves."""
+    return tensors
+
+
+@dataclass(frozen=True)
 class RunContext:
     """What a method may know about its run when it is built.
 
@@ -76,6 +141,10 @@ class RunContext:
         train_labels: int64 labels of the training split in sample order (``Step.indices`` index it), on the CPU.
         device: the training device.
         seed: the run's seed.
+        gather: every process's rows of per-sample tensors (``indices, v = context.gather(indices, v)``),
+            concatenated in process order and detached: under torchrun the whole global batch, in one process the
+            tensors themselves (:func:`gather_here`). The only way a method reaches the other processes.
+        processes: how many processes train the run together (torchrun); 1 in one process.
     """
 
     epochs: int
@@ -86,6 +155,8 @@ class RunContext:
     train_labels: Tensor
     device: torch.device = torch.device("cpu")
     seed: int = 0
+    gather: Callable[..., tuple[Tensor, ...]] = gather_here
+    processes: int = 1
 
 
 @dataclass
@@ -202,6 +273,8 @@ class Distiller(nn.Module):
 
     Class attributes:
         name: the registered name (set by :func:`register_method`).
+        family: what the method distils, one of :data:`FAMILIES` (``logit``, ``feature``, ``relation``, ...);
+            ``other`` when a plugin says nothing.
         version: bumped whenever the method's loss, defaults or behaviour change; part of the run id, so runs
             of an older version are trained again instead of being reused.
         needs_teacher: ``False`` for methods with no separate teacher (the engine then trains, loads and runs
@@ -211,6 +284,7 @@ class Distiller(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    family: ClassVar[str] = "other"
     version: ClassVar[int] = 1
     needs_teacher: ClassVar[bool] = True
     teacher_source: ClassVar[str | None] = None
@@ -230,6 +304,7 @@ class Distiller(nn.Module):
         self.embeddings: bool = False
         self.extra_views: tuple[str, ...] = ()
         self.init_epochs: int = 0
+        self.pairs: tuple[tuple[int, int], ...] = ()
 
     def tap_stage_pairs(self, student: ModelInfo, teacher: ModelInfo, **options: Any) -> tuple[tuple[int, int], ...]:
         """Pair the student's stages with the teacher's and read their maps; return the pairs, in order.
@@ -241,7 +316,23 @@ class Distiller(nn.Module):
         p = self.params
         stages = match_stages(student, teacher, self.name, p.depths, p.student_indices, p.teacher_indices, **options)
         self.student_stages, self.teacher_stages = stages.student, stages.teacher
+        self.pairs = stages.pairs
         return stages.pairs
+
+    def paired_maps(self, step: Step) -> tuple[list[Tensor], list[Tensor]]:
+        """The student's and the teacher's maps of the stage pairs (:attr:`pairs`), in pair order."""
+        return ([step.student_features[s] for s, _ in self.pairs], [step.teacher_features[t] for _, t in self.pairs])
+
+    def sum_over_pairs(self, step: Step, loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """``sum(loss(student map, teacher map) for each stage pair)``, in pair order."""
+        return sum(loss(step.student_features[s], step.teacher_features[t]) for s, t in self.pairs)
+
+    def with_ce(self, step: Step, **terms: Tensor) -> dict[str, Tensor]:
+        """``{"loss_ce": ce_weight * CE(z_s, y), **terms}``, e.g. ``self.with_ce(step, loss_nst=p.weight * nst)``.
+
+        The labels' term of a ``Params`` with a ``ce_weight``, then the method's own (already weighted) terms.
+        """
+        return {"loss_ce": self.params.ce_weight * cross_entropy(step.student_logits, step.labels), **terms}
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Return the named, already-weighted loss terms of one step, e.g. ``{"loss_ce": ..., "loss_kd": ...}``."""
@@ -314,7 +405,9 @@ def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
     """Class decorator that registers a :class:`Distiller` subclass under ``name``.
 
     Raises:
-        TypeError: the class is not a Distiller, has no docstring, or its ``Params`` is not a frozen dataclass.
+        TypeError: the class is not a Distiller, has no docstring, its ``family`` is not one of :data:`FAMILIES`,
+            its ``Params`` is not a frozen dataclass, a default lies outside its field's range, or a search space
+            (:func:`tunable`) reaches outside it (declare the space inside the valid range; it is never clipped).
         ValueError: the name is taken.
     """
 
@@ -328,11 +421,39 @@ def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
             raise TypeError(f"{cls.__name__} needs a docstring that opens with its paper's title and link")
         if cls.losses is Distiller.losses:
             raise TypeError(f"{cls.__name__} must implement losses(step)")
+        if cls.family not in FAMILIES:
+            raise TypeError(f"{cls.__name__}.family {cls.family!r} is not a method family; use one of "
+                            f"{', '.join(FAMILIES)}")
+        check_declared_ranges(name, params_cls)
         cls.name = name
         METHODS.register(name, cls)
         return cls
 
     return decorate
+
+
+def check_declared_ranges(method: str, params_cls: type) -> None:
+    """Every default of ``params_cls`` lies in its field's valid range, and so does every declared search space.
+
+    Raises:
+        TypeError: the first default or search space outside its range, naming the method and the field.
+    """
+    for spec_field in dataclasses.fields(params_cls):
+        bounds = field_bounds(spec_field)
+        if bounds is not None and not isinstance(bounds, Bounds):
+            raise TypeError(f"{method}.{spec_field.name}: declare its range with valid(...)")
+        if bounds is None:
+            continue
+        default = spec_field.default
+        if default is dataclasses.MISSING and spec_field.default_factory is not dataclasses.MISSING:
+            default = spec_field.default_factory()
+        if default is not dataclasses.MISSING and not bounds.holds(default):
+            raise TypeError(f"{method}.{spec_field.name}: its default {default!r} is outside its valid range {bounds}")
+        search = spec_field.metadata.get("search") or {}
+        ends = search.get("choices", ()) or [search[k] for k in ("low", "high") if k in search]
+        if not all(bounds.holds(v) for v in ends):
+            raise TypeError(f"{method}.{spec_field.name}: its search space {list(ends)} reaches outside its valid "
+                            f"range {bounds}")
 
 
 _discovered = False
@@ -410,23 +531,55 @@ def list_methods(pattern: str | None = None) -> list[str]:
     return METHODS.names(pattern)
 
 
+def family_order(name: str) -> tuple[int, str]:
+    """The sort key of a registered method: its family's place in :data:`FAMILIES`, then its name."""
+    return list(FAMILIES).index(get_method(name).family), name
+
+
+def methods_by_family(pattern: str | None = None, builtin_only: bool = False) -> list[str]:
+    """Registered method names ordered by family (as :data:`FAMILIES` lists them), then by name.
+
+    Args:
+        pattern: a glob such as ``"*kd*"``.
+        builtin_only: only the methods that ship in ``methods/`` (no plugins).
+    """
+    names = list_methods(pattern)
+    if builtin_only:
+        names = [n for n in names if is_builtin(n)]
+    return sorted(names, key=family_order)
+
+
+def is_builtin(name: str) -> bool:
+    """Whether the registered method ``name`` ships with kdbench (its class lives in ``kdbench.methods``)."""
+    return get_method(name).__module__.startswith("kdbench.methods.")
+
+
 def check_params_overrides(method: str, overrides: dict[str, Any]) -> None:
     """Validate overrides of ``method`` against its ``Params`` without building anything."""
     build_params(get_method(method).Params, overrides, method)
 
 
 __all__ = [
+    "FAMILIES",
     "Distiller",
     "METHODS",
+    "MethodParams",
     "RunContext",
+    "StageSelection",
     "Step",
     "View",
+    "check_declared_ranges",
     "check_params_overrides",
     "construct_method",
     "discover_methods",
+    "gather_here",
     "get_method",
+    "is_builtin",
     "list_methods",
     "load_plugin_file",
+    "methods_by_family",
     "register_method",
+    "same_range",
     "tunable",
+    "valid",
 ]

@@ -57,6 +57,7 @@ class ActivationBoundaries(Distiller):
     connector reads the student's post-activation map.
     """
 
+    family = "init_phase"
     version: ClassVar[int] = 1
 
     @dataclass(frozen=True)

@@ -48,6 +48,8 @@ class AttentionTransfer(Distiller):
     trainable parameters.
     """
 
+    family = "feature"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of attention transfer.

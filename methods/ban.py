@@ -28,6 +28,7 @@ class BornAgain(Distiller):
     ``top1`` is the last generation's, ``generation_top1`` lists each one's.
     """
 
+    family = "self"
     needs_teacher = False
     teacher_source = "self"
 

@@ -54,6 +54,7 @@ class BeYourOwnTeacher(Distiller):
     mean of all exits' logits).
     """
 
+    family = "self"
     needs_teacher = False
 
     @dataclass(frozen=True)

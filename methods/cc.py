@@ -66,6 +66,8 @@ class CorrelationCongruence(Distiller):
     the student and count as ``extra_params_m``.
     """
 
+    family = "relation"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of CC.

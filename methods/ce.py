@@ -17,6 +17,7 @@ class CrossEntropy(Distiller):
     Every distillation method is ranked by its gain over this run under the same budget and seed.
     """
 
+    family = "baseline"
     needs_teacher = False
 
     @dataclass(frozen=True)

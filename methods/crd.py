@@ -98,6 +98,8 @@ class CRD(Distiller):
     every rank updates its banks with the whole global batch's rows, and Z is fixed on the whole first batch.
     """
 
+    family = "relation"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of CRD.

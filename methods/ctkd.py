@@ -64,6 +64,8 @@ class CurriculumTemperatureKD(Distiller):
     2024, whose CTKD experiments use CE 0.1 and KD weight 9).
     """
 
+    family = "logit"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of CTKD.

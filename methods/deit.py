@@ -46,6 +46,7 @@ class DeiT(Distiller):
     uses label smoothing or mixup soft targets (its ImageNet recipe); here the protocol's CE on hard labels.
     """
 
+    family = "architecture"
     version = 1
 
     @dataclass(frozen=True)

@@ -47,6 +47,8 @@ class DIST(Distiller):
     beta = gamma = 1 in ``lib/models/losses/kd_loss.py``). Their ImageNet setting uses tau = 1 with the same weights.
     """
 
+    family = "logit"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of DIST.

@@ -59,6 +59,8 @@ class DecoupledKD(Distiller):
     z-scored before the temperature (logit standardisation, Sun et al., CVPR 2024; see ``dkd_ls``).
     """
 
+    family = "logit"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of DKD.

@@ -44,6 +44,7 @@ class FitNets(Distiller):
     Version 2: the hint epochs are an initialisation phase before the full budget (version 1 took them out of it).
     """
 
+    family = "feature"
     version = 2
 
     @dataclass(frozen=True)

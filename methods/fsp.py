@@ -55,6 +55,7 @@ class FSP(Distiller):
     trained with the student in the initialisation phase.
     """
 
+    family = "init_phase"
     version: ClassVar[int] = 1
 
     @dataclass(frozen=True)

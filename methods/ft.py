@@ -66,6 +66,7 @@ class FactorTransfer(Distiller):
     lr 0.01 for CIFAR ResNet/WRN students; kdbench's initialisation phase uses the run's optimiser settings.
     """
 
+    family = "init_phase"
     version: ClassVar[int] = 1
 
     @dataclass(frozen=True)

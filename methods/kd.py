@@ -24,6 +24,8 @@ class LogitKD(Distiller):
     setting.
     """
 
+    family = "logit"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of logit KD.

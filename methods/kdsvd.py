@@ -86,6 +86,8 @@ class KDSVD(Distiller):
     first, with the other model's stage of nearest relative depth; at least two pairs are needed.
     """
 
+    family = "feature"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of KD-SVD.

@@ -79,6 +79,7 @@ class MLKD(Distiller):
     the correlation terms keep the raw logits. The code's CE uses hard labels; its kd weight multiplies cc and bc.
     """
 
+    family = "logit"
     version = 1
 
     @dataclass(frozen=True)

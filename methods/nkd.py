@@ -58,6 +58,8 @@ class NormalizedKD(Distiller):
     gamma 3.5.
     """
 
+    family = "logit"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of NKD.

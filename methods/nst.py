@@ -60,6 +60,8 @@ class NST(Distiller):
     trainable parameters.
     """
 
+    family = "feature"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of NST.

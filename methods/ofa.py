@@ -101,6 +101,7 @@ class OFA(Distiller):
     token (which it keeps for ViTs). The code's CE uses label smoothing 0.1 (its configs); here the protocol's CE.
     """
 
+    family = "architecture"
     version = 1
 
     @dataclass(frozen=True)

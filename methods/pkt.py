@@ -49,6 +49,8 @@ class PKT(Distiller):
     ``PKT.LOSS.FEAT_WEIGHT``), which use the authors' code. No trainable parameters.
     """
 
+    family = "relation"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of PKT.

@@ -81,6 +81,8 @@ class ReviewKD(Distiller):
     stage of nearest relative depth (:func:`kdbench.features.shared_depths`). The ABFs count as extra parameters.
     """
 
+    family = "feature"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of ReviewKD.

@@ -69,6 +69,8 @@ class RKD(Distiller):
     (plus B³ for the cosines): doubling the batch takes about four times as much. ``angle_weight = 0`` skips it.
     """
 
+    family = "relation"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of RKD.

@@ -54,6 +54,8 @@ class SimilarityPreserving(Distiller):
     No trainable parameters.
     """
 
+    family = "relation"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of SP.

@@ -42,6 +42,7 @@ class TeacherFreeKD(Distiller):
     batch only, so its ``multiplier`` is the official one divided by K: 100 / 100 = 1.
     """
 
+    family = "self"
     needs_teacher = False
 
     @dataclass(frozen=True)

@@ -58,6 +58,8 @@ class VID(Distiller):
     model's stage of nearest relative depth (:func:`kdbench.features.shared_depths`).
     """
 
+    family = "feature"
+
     @dataclass(frozen=True)
     class Params:
         """Hyperparameters of VID.
