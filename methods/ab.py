@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor, nn
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method
-from kdbench.features import FeatureAdapter, ModelInfo, check_depths
-from kdbench.losses import cross_entropy
+from kdbench.distiller import Distiller, RunContext, StageSelection, Step, register_method, valid
+from kdbench.features import FeatureAdapter, ModelInfo
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo
@@ -61,32 +60,20 @@ class ActivationBoundaries(Distiller):
     version: ClassVar[int] = 1
 
     @dataclass(frozen=True)
-    class Params:
-        """Hyperparameters of activation-boundary distillation.
+    class Params(StageSelection):
+        """Hyperparameters of activation-boundary distillation, after the stage selection (:class:`StageSelection`).
 
         Attributes:
             margin: the margin m of the alternative loss.
             beta: weight of the AB term in the main phase (0: RepDistiller's CE-only main phase).
             ce_weight: weight of the cross-entropy with the labels in the main phase.
             init_epochs: epochs of AB initialisation before the main phase (its own budget).
-            depths: relative depths in [0, 1] of the matched stages in both models (``None``: the default pairing).
-            student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
-            teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
         """
 
-        margin: float = 1.0
-        beta: float = 0.0
-        ce_weight: float = 1.0
-        init_epochs: int = 30
-        depths: tuple[float, ...] | None = None
-        student_indices: tuple[int, ...] | None = None
-        teacher_indices: tuple[int, ...] | None = None
-
-        def __post_init__(self) -> None:
-            if self.margin < 0 or self.beta < 0 or self.ce_weight < 0 or self.init_epochs < 0:
-                raise ValueError(f"need margin, beta, ce_weight, init_epochs >= 0 (got {self.margin}, {self.beta}, "
-                                 f"{self.ce_weight}, {self.init_epochs})")
-            check_depths(self.depths)
+        margin: float = field(default=1.0, metadata=valid(ge=0))
+        beta: float = field(default=0.0, metadata=valid(ge=0))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        init_epochs: int = field(default=30, metadata=valid(ge=0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
@@ -112,7 +99,4 @@ class ActivationBoundaries(Distiller):
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy, and the AB term when ``beta > 0``."""
         p = self.params
-        terms = {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels)}
-        if p.beta > 0:
-            terms["loss_ab"] = p.beta * self._ab(step)
-        return terms
+        return self.with_ce(step, loss_ab=p.beta * self._ab(step)) if p.beta > 0 else self.with_ce(step)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method, tunable
-from kdbench.features import ModelInfo, check_depths, pool_to_common_size
+from kdbench.distiller import Distiller, StageSelection, Step, register_method, tunable, valid
+from kdbench.features import ModelInfo, pool_to_common_size
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo
@@ -51,29 +51,18 @@ class AttentionTransfer(Distiller):
     family = "feature"
 
     @dataclass(frozen=True)
-    class Params:
-        """Hyperparameters of attention transfer.
+    class Params(StageSelection):
+        """Hyperparameters of attention transfer, after the stage selection (:class:`StageSelection`).
 
         Attributes:
             beta: weight of the attention term (summed over the matched stages).
             ce_weight: weight of the cross-entropy with the labels.
             p: exponent of the attention map.
-            depths: relative depths in [0, 1] of the matched stages in both models (``None``: the default pairing).
-            student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
-            teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
         """
 
-        beta: float = field(default=1000.0, metadata=tunable(100.0, 10000.0, log=True))
-        ce_weight: float = 1.0
-        p: float = 2.0
-        depths: tuple[float, ...] | None = None
-        student_indices: tuple[int, ...] | None = None
-        teacher_indices: tuple[int, ...] | None = None
-
-        def __post_init__(self) -> None:
-            if self.p <= 0:
-                raise ValueError(f"p must be > 0 (got {self.p})")
-            check_depths(self.depths)
+        beta: float = field(default=1000.0, metadata=valid(ge=0) | tunable(100.0, 10000.0, log=True))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        p: float = field(default=2.0, metadata=valid(gt=0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo) -> None:
         super().__init__(params, student, teacher, data)
@@ -82,5 +71,5 @@ class AttentionTransfer(Distiller):
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and attention terms."""
         p = self.params
-        at = sum(attention_loss(step.student_features[s], step.teacher_features[t], p.p) for s, t in self.pairs)
+        at = self.sum_over_pairs(step, lambda s, t: attention_loss(s, t, p.p))
         return {"loss_ce": p.ce_weight * F.cross_entropy(step.student_logits, step.labels), "loss_at": p.beta * at}

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method
-from kdbench.features import FeatureAdapter, ModelInfo, check_depths, pool_to_common_size
-from kdbench.losses import cross_entropy
+from kdbench.distiller import Distiller, RunContext, StageSelection, Step, register_method, valid
+from kdbench.features import FeatureAdapter, ModelInfo, pool_to_common_size
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo
@@ -59,30 +58,18 @@ class FSP(Distiller):
     version: ClassVar[int] = 1
 
     @dataclass(frozen=True)
-    class Params:
-        """Hyperparameters of FSP.
+    class Params(StageSelection):
+        """Hyperparameters of FSP, after the stage selection (:class:`StageSelection`; by default every stage).
 
         Attributes:
             beta: weight of the FSP term in the main phase (0: RepDistiller's and the paper's CE-only main phase).
             ce_weight: weight of the cross-entropy with the labels in the main phase.
             init_epochs: epochs of FSP initialisation before the main phase (its own budget).
-            depths: relative depths in [0, 1] of the chained stages in both models (``None``: the default chain).
-            student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
-            teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
         """
 
-        beta: float = 0.0
-        ce_weight: float = 1.0
-        init_epochs: int = 30
-        depths: tuple[float, ...] | None = None
-        student_indices: tuple[int, ...] | None = None
-        teacher_indices: tuple[int, ...] | None = None
-
-        def __post_init__(self) -> None:
-            if self.beta < 0 or self.ce_weight < 0 or self.init_epochs < 0:
-                raise ValueError(f"need beta, ce_weight, init_epochs >= 0 (got {self.beta}, {self.ce_weight}, "
-                                 f"{self.init_epochs})")
-            check_depths(self.depths)
+        beta: float = field(default=0.0, metadata=valid(ge=0))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        init_epochs: int = field(default=30, metadata=valid(ge=0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
@@ -107,7 +94,4 @@ class FSP(Distiller):
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy, and the FSP term when ``beta > 0``."""
         p = self.params
-        terms = {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels)}
-        if p.beta > 0:
-            terms["loss_fsp"] = p.beta * self._fsp(step)
-        return terms
+        return self.with_ce(step, loss_fsp=p.beta * self._fsp(step)) if p.beta > 0 else self.with_ce(step)

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
-from kdbench.features import ModelInfo, check_depths, pool_to_common_size
-from kdbench.losses import cross_entropy
+from kdbench.distiller import Distiller, RunContext, StageSelection, Step, register_method, tunable, valid
+from kdbench.features import ModelInfo, pool_to_common_size
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo
@@ -63,27 +62,16 @@ class NST(Distiller):
     family = "feature"
 
     @dataclass(frozen=True)
-    class Params:
-        """Hyperparameters of NST.
+    class Params(StageSelection):
+        """Hyperparameters of NST, after the stage selection (:class:`StageSelection`).
 
         Attributes:
             weight: weight of the MMD term (summed over the matched stages).
             ce_weight: weight of the cross-entropy with the labels.
-            depths: relative depths in [0, 1] of the matched stages in both models (``None``: the default pairing).
-            student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
-            teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
         """
 
-        weight: float = field(default=50.0, metadata=tunable(5.0, 500.0, log=True))
-        ce_weight: float = 1.0
-        depths: tuple[float, ...] | None = None
-        student_indices: tuple[int, ...] | None = None
-        teacher_indices: tuple[int, ...] | None = None
-
-        def __post_init__(self) -> None:
-            if self.weight < 0 or self.ce_weight < 0:
-                raise ValueError(f"weights must be >= 0 (got {self.weight}, {self.ce_weight})")
-            check_depths(self.depths)
+        weight: float = field(default=50.0, metadata=valid(ge=0) | tunable(5.0, 500.0, log=True))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
@@ -92,7 +80,4 @@ class NST(Distiller):
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and NST terms."""
-        p = self.params
-        nst = nst_loss([step.student_features[s] for s, _ in self.pairs],
-                       [step.teacher_features[t] for _, t in self.pairs])
-        return {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels), "loss_nst": p.weight * nst}
+        return self.with_ce(step, loss_nst=self.params.weight * nst_loss(*self.paired_maps(step)))

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
-from kdbench.features import ModelInfo, check_depths
-from kdbench.losses import cross_entropy, flatten_embedding
+from kdbench.distiller import Distiller, RunContext, StageSelection, Step, register_method, tunable, valid
+from kdbench.features import ModelInfo
+from kdbench.losses import flatten_embedding
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo
@@ -84,8 +84,8 @@ class ReviewKD(Distiller):
     family = "feature"
 
     @dataclass(frozen=True)
-    class Params:
-        """Hyperparameters of ReviewKD.
+    class Params(StageSelection):
+        """Hyperparameters of ReviewKD, after the stage selection (:class:`StageSelection`).
 
         Attributes:
             weight: weight of the review (HCL) term after the warm-up.
@@ -93,24 +93,13 @@ class ReviewKD(Distiller):
             warmup_epochs: epochs over which the review weight ramps up linearly (0: none).
             pooled_level: add the pooled pre-logits features of both models as the deepest, 1x1 level.
             max_mid_channels: cap of the ABFs' hidden width.
-            depths: relative depths in [0, 1] of the matched stages in both models (``None``: the default pairing).
-            student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
-            teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
         """
 
-        weight: float = field(default=5.0, metadata=tunable(0.5, 10.0, log=True))
-        ce_weight: float = 1.0
-        warmup_epochs: int = 20
+        weight: float = field(default=5.0, metadata=valid(ge=0) | tunable(0.5, 10.0, log=True))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        warmup_epochs: int = field(default=20, metadata=valid(ge=0))
         pooled_level: bool = True
-        max_mid_channels: int = 512
-        depths: tuple[float, ...] | None = None
-        student_indices: tuple[int, ...] | None = None
-        teacher_indices: tuple[int, ...] | None = None
-
-        def __post_init__(self) -> None:
-            if self.weight < 0 or self.ce_weight < 0 or self.warmup_epochs < 0 or self.max_mid_channels < 1:
-                raise ValueError("weights and warmup_epochs must be >= 0 and max_mid_channels >= 1")
-            check_depths(self.depths)
+        max_mid_channels: int = field(default=512, metadata=valid(ge=1))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
@@ -140,4 +129,4 @@ class ReviewKD(Distiller):
             out, residual = abf(x, residual)
             outputs.insert(0, out)
         review = p.weight * step.ramp(p.warmup_epochs) * hcl_loss(outputs, targets)
-        return {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels), "loss_review": review}
+        return self.with_ce(step, loss_review=review)

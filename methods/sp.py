@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
+from kdbench.distiller import Distiller, RunContext, StageSelection, Step, register_method, same_range, tunable, valid
 from kdbench.features import ModelInfo
-from kdbench.losses import cross_entropy
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo
@@ -57,28 +56,23 @@ class SimilarityPreserving(Distiller):
     family = "relation"
 
     @dataclass(frozen=True)
-    class Params:
-        """Hyperparameters of SP.
+    class Params(StageSelection):
+        """Hyperparameters of SP, after the stage selection (:class:`StageSelection`).
 
         Attributes:
             weight: weight of the similarity term (summed over the matched stages).
             ce_weight: weight of the cross-entropy with the labels.
             depths: relative depths in [0, 1] of the matched stages in both models (1.0: the last stage).
-            student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
-            teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
         """
 
-        weight: float = field(default=3000.0, metadata=tunable(300.0, 30000.0, log=True))
-        ce_weight: float = 1.0
-        depths: tuple[float, ...] = (1.0,)
-        student_indices: tuple[int, ...] | None = None
-        teacher_indices: tuple[int, ...] | None = None
+        weight: float = field(default=3000.0, metadata=valid(ge=0) | tunable(300.0, 30000.0, log=True))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        depths: tuple[float, ...] = same_range(StageSelection, "depths", (1.0,))
 
         def __post_init__(self) -> None:
-            if self.weight < 0 or self.ce_weight < 0:
-                raise ValueError(f"weights must be >= 0 (got {self.weight}, {self.ce_weight})")
-            if not self.depths or not all(0.0 <= d <= 1.0 for d in self.depths):
-                raise ValueError(f"depths must be a non-empty list of values in [0, 1] (got {list(self.depths)})")
+            super().__post_init__()
+            if not self.depths:
+                raise ValueError("sp.depths must name at least one depth")
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
@@ -87,7 +81,4 @@ class SimilarityPreserving(Distiller):
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and similarity-preserving terms."""
-        p = self.params
-        sp = sp_loss([step.student_features[s] for s, _ in self.pairs],
-                     [step.teacher_features[t] for _, t in self.pairs])
-        return {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels), "loss_sp": p.weight * sp}
+        return self.with_ce(step, loss_sp=self.params.weight * sp_loss(*self.paired_maps(step)))

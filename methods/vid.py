@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
-from kdbench.features import ModelInfo, check_depths, pool_to_common_size
-from kdbench.losses import cross_entropy
+from kdbench.distiller import Distiller, RunContext, StageSelection, Step, register_method, tunable, valid
+from kdbench.features import ModelInfo, pool_to_common_size
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo
@@ -61,33 +60,25 @@ class VID(Distiller):
     family = "feature"
 
     @dataclass(frozen=True)
-    class Params:
-        """Hyperparameters of VID.
+    class Params(StageSelection):
+        """Hyperparameters of VID, after the stage selection (:class:`StageSelection`).
 
         Attributes:
             weight: weight of the VID term (summed over the matched stages).
             ce_weight: weight of the cross-entropy with the labels.
             init_pred_var: initial variance of every channel.
             eps: floor added to the softplus variance.
-            depths: relative depths in [0, 1] of the matched stages in both models (``None``: the default pairing).
-            student_indices: explicit student stage indices (negative: from the end); win over ``depths``.
-            teacher_indices: explicit teacher stage indices (negative: from the end); win over ``depths``.
         """
 
-        weight: float = field(default=1.0, metadata=tunable(0.1, 10.0, log=True))
-        ce_weight: float = 1.0
-        init_pred_var: float = 5.0
-        eps: float = 1e-5
-        depths: tuple[float, ...] | None = None
-        student_indices: tuple[int, ...] | None = None
-        teacher_indices: tuple[int, ...] | None = None
+        weight: float = field(default=1.0, metadata=valid(ge=0) | tunable(0.1, 10.0, log=True))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        init_pred_var: float = field(default=5.0, metadata=valid(gt=0))
+        eps: float = field(default=1e-5, metadata=valid(gt=0))
 
         def __post_init__(self) -> None:
-            if self.weight < 0 or self.ce_weight < 0:
-                raise ValueError(f"weights must be >= 0 (got {self.weight}, {self.ce_weight})")
-            if not 0 < self.eps < self.init_pred_var:
+            super().__post_init__()
+            if not self.eps < self.init_pred_var:
                 raise ValueError(f"need 0 < eps < init_pred_var (got {self.eps}, {self.init_pred_var})")
-            check_depths(self.depths)
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:
@@ -106,4 +97,4 @@ class VID(Distiller):
         for (s, t), reg, log_scale in zip(self.pairs, self.regressors, self.log_scales, strict=True):
             f_s, f_t = pool_to_common_size(step.student_features[s], step.teacher_features[t])
             vid = vid + vid_loss(reg(f_s), f_t, log_scale, p.eps)
-        return {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels), "loss_vid": p.weight * vid}
+        return self.with_ce(step, loss_vid=p.weight * vid)
