@@ -77,6 +77,10 @@ def tunable(low: float | None = None, high: float | None = None, *, log: bool = 
     return {"search": {"low": low, "high": high, "log": log}}
 
 
+#: Each registered method's ``Params`` class -> the method's name (the first to register it), for messages.
+PARAMS_OWNERS: dict[type, str] = {}
+
+
 @dataclass(frozen=True)
 class MethodParams:
     """Base of a method's ``Params``: constructing one checks every field against the range it declares.
@@ -91,7 +95,8 @@ class MethodParams:
     """
 
     def __post_init__(self) -> None:
-        check_ranges(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        check_ranges(type(self), values, PARAMS_OWNERS.get(type(self), ""))
 
 
 @dataclass(frozen=True)
@@ -425,6 +430,7 @@ def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
             raise TypeError(f"{cls.__name__}.family {cls.family!r} is not a method family; use one of "
                             f"{', '.join(FAMILIES)}")
         check_declared_ranges(name, params_cls)
+        PARAMS_OWNERS.setdefault(params_cls, name)
         cls.name = name
         METHODS.register(name, cls)
         return cls

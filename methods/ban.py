@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import DatasetInfo
-from kdbench.distiller import Distiller, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
 from kdbench.features import ModelInfo
 from kdbench.losses import kd_loss
 
@@ -33,7 +33,7 @@ class BornAgain(Distiller):
     teacher_source = "self"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of BAN.
 
         Attributes:
@@ -43,16 +43,10 @@ class BornAgain(Distiller):
             ce_weight: weight of the cross-entropy with the labels in the born-again generations.
         """
 
-        generations: int = 2
-        temperature: float = field(default=1.0, metadata=tunable(1.0, 8.0))
-        kd_weight: float = 1.0
-        ce_weight: float = 0.0
-
-        def __post_init__(self) -> None:
-            if self.generations < 1:
-                raise ValueError(f"generations must be >= 1 (got {self.generations})")
-            if self.temperature <= 0:
-                raise ValueError(f"temperature must be > 0 (got {self.temperature})")
+        generations: int = field(default=2, metadata=valid(ge=1))
+        temperature: float = field(default=1.0, metadata=valid(gt=0) | tunable(1.0, 8.0))
+        kd_weight: float = field(default=1.0, metadata=valid(ge=0))
+        ce_weight: float = field(default=0.0, metadata=valid(ge=0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo) -> None:
         super().__init__(params, student, teacher, data)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import DatasetInfo
-from kdbench.distiller import Distiller, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
 from kdbench.errors import ModelError
 from kdbench.features import ModelInfo, StageShape
 from kdbench.losses import soft_kl
@@ -58,7 +58,7 @@ class BeYourOwnTeacher(Distiller):
     needs_teacher = False
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of BYOT.
 
         Attributes:
@@ -68,20 +68,10 @@ class BeYourOwnTeacher(Distiller):
             temperature: softening T of the deepest and the shallow distributions.
         """
 
-        exits: int = 3
-        alpha: float = field(default=0.3, metadata=tunable(0.1, 0.9))
-        hint_weight: float = field(default=0.03, metadata=tunable(0.003, 0.3, log=True))
-        temperature: float = field(default=3.0, metadata=tunable(1.0, 8.0))
-
-        def __post_init__(self) -> None:
-            if self.exits < 1:
-                raise ValueError(f"exits must be >= 1 (got {self.exits})")
-            if not 0 <= self.alpha <= 1:
-                raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
-            if self.hint_weight < 0:
-                raise ValueError(f"hint_weight must be >= 0 (got {self.hint_weight})")
-            if self.temperature <= 0:
-                raise ValueError(f"temperature must be > 0 (got {self.temperature})")
+        exits: int = field(default=3, metadata=valid(ge=1))
+        alpha: float = field(default=0.3, metadata=valid(ge=0, le=1) | tunable(0.1, 0.9))
+        hint_weight: float = field(default=0.03, metadata=valid(ge=0) | tunable(0.003, 0.3, log=True))
+        temperature: float = field(default=3.0, metadata=valid(gt=0) | tunable(1.0, 8.0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo) -> None:
         super().__init__(params, student, teacher, data)

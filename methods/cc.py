@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, tunable, valid
 from kdbench.features import ModelInfo
 from kdbench.losses import cross_entropy, flatten_embedding
 
@@ -69,7 +69,7 @@ class CorrelationCongruence(Distiller):
     family = "relation"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of CC.
 
         Attributes:
@@ -81,18 +81,17 @@ class CorrelationCongruence(Distiller):
             dim: width of the projections.
         """
 
-        weight: float = field(default=0.02, metadata=tunable(0.002, 0.2, log=True))
-        ce_weight: float = 1.0
+        weight: float = field(default=0.02, metadata=valid(ge=0) | tunable(0.002, 0.2, log=True))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
         correlation: str = "adjacent"
-        gamma: float = 0.4
-        order: int = 2
-        dim: int = 128
+        gamma: float = field(default=0.4, metadata=valid(gt=0))
+        order: int = field(default=2, metadata=valid(ge=0))
+        dim: int = field(default=128, metadata=valid(ge=1))
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             if self.correlation not in ("adjacent", "gaussian"):
                 raise ValueError(f"correlation must be 'adjacent' or 'gaussian' (got {self.correlation!r})")
-            if self.weight < 0 or self.ce_weight < 0 or self.gamma <= 0 or self.order < 0 or self.dim < 1:
-                raise ValueError("cc needs weights >= 0, gamma > 0, order >= 0 and dim >= 1")
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method
+from kdbench.distiller import Distiller, MethodParams, Step, register_method, valid
 
 
 @register_method("ce")
@@ -21,14 +21,14 @@ class CrossEntropy(Distiller):
     needs_teacher = False
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of the baseline.
 
         Attributes:
             label_smoothing: label smoothing of the cross-entropy (0 in the KD literature's baseline).
         """
 
-        label_smoothing: float = 0.0
+        label_smoothing: float = field(default=0.0, metadata=valid(ge=0, le=1))
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Cross-entropy of the student's logits."""

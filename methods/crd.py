@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench import distributed
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, tunable, valid
 from kdbench.errors import ConfigError
 from kdbench.features import ModelInfo
 from kdbench.losses import cross_entropy, flatten_embedding, kd_loss
@@ -101,7 +101,7 @@ class CRD(Distiller):
     family = "relation"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of CRD.
 
         Attributes:
@@ -115,20 +115,14 @@ class CRD(Distiller):
             dim: width of the projections and of the memory banks.
         """
 
-        weight: float = field(default=0.8, metadata=tunable(0.1, 2.0, log=True))
-        ce_weight: float = 1.0
-        kd_weight: float = 0.0
-        temperature: float = 4.0
-        nce_k: int = field(default=16384, metadata=tunable(choices=(4096, 16384)))
-        nce_t: float = field(default=0.07, metadata=tunable(0.02, 0.3, log=True))
-        momentum: float = 0.5
-        dim: int = 128
-
-        def __post_init__(self) -> None:
-            if min(self.weight, self.ce_weight, self.kd_weight) < 0 or self.temperature <= 0 or self.nce_t <= 0:
-                raise ValueError("crd needs weights >= 0 and temperatures > 0")
-            if self.nce_k < 1 or self.dim < 1 or not 0.0 <= self.momentum < 1.0:
-                raise ValueError("crd needs nce_k >= 1, dim >= 1 and momentum in [0, 1)")
+        weight: float = field(default=0.8, metadata=valid(ge=0) | tunable(0.1, 2.0, log=True))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        kd_weight: float = field(default=0.0, metadata=valid(ge=0))
+        temperature: float = field(default=4.0, metadata=valid(gt=0))
+        nce_k: int = field(default=16384, metadata=valid(ge=1) | tunable(choices=(4096, 16384)))
+        nce_t: float = field(default=0.07, metadata=valid(gt=0) | tunable(0.02, 0.3, log=True))
+        momentum: float = field(default=0.5, metadata=valid(ge=0, lt=1))
+        dim: int = field(default=128, metadata=valid(ge=1))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

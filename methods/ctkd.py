@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from kdbench.data import DatasetInfo
-from kdbench.distiller import Distiller, RunContext, Step, register_method
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, valid
 from kdbench.features import ModelInfo
 from kdbench.losses import cross_entropy, kd_loss, standardize_logits
 
@@ -67,7 +67,7 @@ class CurriculumTemperatureKD(Distiller):
     family = "logit"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of CTKD.
 
         Attributes:
@@ -81,22 +81,14 @@ class CurriculumTemperatureKD(Distiller):
             standardize: z-score the student's and the teacher's logits (per sample) before the temperature.
         """
 
-        ce_weight: float = 0.1
-        kd_weight: float = 0.9
-        min_temperature: float = 1.0
-        temperature_range: float = 20.0
+        ce_weight: float = field(default=0.1, metadata=valid(ge=0))
+        kd_weight: float = field(default=0.9, metadata=valid(ge=0))
+        min_temperature: float = field(default=1.0, metadata=valid(gt=0))
+        temperature_range: float = field(default=20.0, metadata=valid(gt=0))
         init: float = 1.0
-        curriculum_epochs: float = 10.0
-        lambda_max: float = 1.0
+        curriculum_epochs: float = field(default=10.0, metadata=valid(ge=0))
+        lambda_max: float = field(default=1.0, metadata=valid(ge=0))
         standardize: bool = False
-
-        def __post_init__(self) -> None:
-            if self.min_temperature <= 0 or self.temperature_range <= 0:
-                raise ValueError(f"min_temperature and temperature_range must be > 0 (got {self.min_temperature}, "
-                                 f"{self.temperature_range})")
-            if self.curriculum_epochs < 0 or self.lambda_max < 0:
-                raise ValueError(f"curriculum_epochs and lambda_max must be >= 0 (got {self.curriculum_epochs}, "
-                                 f"{self.lambda_max})")
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.distiller import register_method
+from kdbench.distiller import register_method, same_range
 from kdbench.methods.ctkd import CurriculumTemperatureKD
 
 
@@ -37,11 +37,11 @@ class LogitStandardizedCTKD(CurriculumTemperatureKD):
             standardize: z-score both logits before the temperature (the point of this preset).
         """
 
-        ce_weight: float = 0.1
-        kd_weight: float = 9.0
-        min_temperature: float = 1.0
-        temperature_range: float = 20.0
-        init: float = 1.0
-        curriculum_epochs: float = 10.0
-        lambda_max: float = 1.0
+        ce_weight: float = same_range(CurriculumTemperatureKD.Params, "ce_weight", 0.1)
+        kd_weight: float = same_range(CurriculumTemperatureKD.Params, "kd_weight", 9.0)
+        min_temperature: float = same_range(CurriculumTemperatureKD.Params, "min_temperature", 1.0)
+        temperature_range: float = same_range(CurriculumTemperatureKD.Params, "temperature_range", 20.0)
+        init: float = same_range(CurriculumTemperatureKD.Params, "init", 1.0)
+        curriculum_epochs: float = same_range(CurriculumTemperatureKD.Params, "curriculum_epochs", 10.0)
+        lambda_max: float = same_range(CurriculumTemperatureKD.Params, "lambda_max", 1.0)
         standardize: bool = True

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, tunable, valid
 from kdbench.errors import ModelError
 from kdbench.features import ModelInfo
 from kdbench.losses import cross_entropy, soft_kl
@@ -50,7 +50,7 @@ class DeiT(Distiller):
     version = 1
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of DeiT distillation.
 
         Attributes:
@@ -60,16 +60,13 @@ class DeiT(Distiller):
         """
 
         distillation_type: str = field(default="hard", metadata=tunable(choices=("hard", "soft")))
-        alpha: float = 0.5
-        tau: float = 1.0
+        alpha: float = field(default=0.5, metadata=valid(ge=0, le=1))
+        tau: float = field(default=1.0, metadata=valid(gt=0))
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             if self.distillation_type not in ("hard", "soft"):
                 raise ValueError(f"distillation_type must be 'hard' or 'soft' (got {self.distillation_type!r})")
-            if not 0.0 <= self.alpha <= 1.0:
-                raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
-            if self.tau <= 0:
-                raise ValueError(f"tau must be > 0 (got {self.tau})")
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method
+from kdbench.distiller import Distiller, MethodParams, Step, register_method, valid
 from kdbench.losses import cross_entropy
 
 
@@ -50,7 +50,7 @@ class DIST(Distiller):
     family = "logit"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of DIST.
 
         Attributes:
@@ -61,17 +61,11 @@ class DIST(Distiller):
             temperature: tau, the softening of both predictions.
         """
 
-        ce_weight: float = 1.0
-        kd_weight: float = 2.0
-        beta: float = 1.0
-        gamma: float = 1.0
-        temperature: float = 4.0
-
-        def __post_init__(self) -> None:
-            if self.temperature <= 0:
-                raise ValueError(f"temperature must be > 0 (got {self.temperature})")
-            if min(self.ce_weight, self.kd_weight, self.beta, self.gamma) < 0:
-                raise ValueError("ce_weight, kd_weight, beta and gamma must be >= 0")
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        kd_weight: float = field(default=2.0, metadata=valid(ge=0))
+        beta: float = field(default=1.0, metadata=valid(ge=0))
+        gamma: float = field(default=1.0, metadata=valid(ge=0))
+        temperature: float = field(default=4.0, metadata=valid(gt=0))
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and DIST terms."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
 from kdbench.losses import cross_entropy, standardize_logits
 
 #: subtracted from the target logit to take it out of the non-target softmax, as in the authors' code
@@ -62,7 +62,7 @@ class DecoupledKD(Distiller):
     family = "logit"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of DKD.
 
         Attributes:
@@ -74,20 +74,12 @@ class DecoupledKD(Distiller):
             standardize: z-score the student's and the teacher's logits (per sample) before the temperature.
         """
 
-        ce_weight: float = 1.0
-        alpha: float = 1.0
-        beta: float = field(default=8.0, metadata=tunable(1.0, 10.0))
-        temperature: float = 4.0
-        warmup: float = 20.0
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        alpha: float = field(default=1.0, metadata=valid(ge=0))
+        beta: float = field(default=8.0, metadata=valid(ge=0) | tunable(1.0, 10.0))
+        temperature: float = field(default=4.0, metadata=valid(gt=0))
+        warmup: float = field(default=20.0, metadata=valid(ge=0))
         standardize: bool = False
-
-        def __post_init__(self) -> None:
-            if self.temperature <= 0:
-                raise ValueError(f"temperature must be > 0 (got {self.temperature})")
-            if self.alpha < 0 or self.beta < 0 or self.ce_weight < 0:
-                raise ValueError(f"loss weights must be >= 0 (got {self.ce_weight}, {self.alpha}, {self.beta})")
-            if self.warmup < 0:
-                raise ValueError(f"warmup must be >= 0 epochs (got {self.warmup})")
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy, and the ramped TCKD and NCKD terms."""

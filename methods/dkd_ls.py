@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.distiller import register_method
+from kdbench.distiller import register_method, same_range
 from kdbench.methods.dkd import DecoupledKD
 
 
@@ -37,9 +37,9 @@ class LogitStandardizedDKD(DecoupledKD):
             standardize: z-score both logits before the temperature (the point of this preset).
         """
 
-        ce_weight: float = 1.0
-        alpha: float = 9.0
-        beta: float = 72.0
-        temperature: float = 2.0
-        warmup: float = 20.0
+        ce_weight: float = same_range(DecoupledKD.Params, "ce_weight", 1.0)
+        alpha: float = same_range(DecoupledKD.Params, "alpha", 9.0)
+        beta: float = same_range(DecoupledKD.Params, "beta", 72.0)
+        temperature: float = same_range(DecoupledKD.Params, "temperature", 2.0)
+        warmup: float = same_range(DecoupledKD.Params, "warmup", 20.0)
         standardize: bool = True

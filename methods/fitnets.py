@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, tunable, valid
 from kdbench.features import FeatureAdapter, ModelInfo, select_stage
 from kdbench.losses import cross_entropy, kd_loss
 
@@ -48,7 +48,7 @@ class FitNets(Distiller):
     version = 2
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of FitNets.
 
         Attributes:
@@ -64,23 +64,15 @@ class FitNets(Distiller):
             kd_weight: soft-target weight after the hint epochs (two-stage only).
         """
 
-        hint_depth: float = 0.5
+        hint_depth: float = field(default=0.5, metadata=valid(ge=0, le=1))
         student_stage: int | None = None
         teacher_stage: int | None = None
-        hint_weight: float = field(default=100.0, metadata=tunable(10.0, 1000.0, log=True))
-        ce_weight: float = 1.0
-        hint_epochs: int = 0
-        temperature: float = 4.0
-        kd_ce_weight: float = 0.1
-        kd_weight: float = 0.9
-
-        def __post_init__(self) -> None:
-            if not 0.0 <= self.hint_depth <= 1.0:
-                raise ValueError(f"hint_depth must be in [0, 1] (got {self.hint_depth})")
-            if self.hint_epochs < 0:
-                raise ValueError(f"hint_epochs must be >= 0 (got {self.hint_epochs})")
-            if self.temperature <= 0:
-                raise ValueError(f"temperature must be > 0 (got {self.temperature})")
+        hint_weight: float = field(default=100.0, metadata=valid(ge=0) | tunable(10.0, 1000.0, log=True))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        hint_epochs: int = field(default=0, metadata=valid(ge=0))
+        temperature: float = field(default=4.0, metadata=valid(gt=0))
+        kd_ce_weight: float = field(default=0.1, metadata=valid(ge=0))
+        kd_weight: float = field(default=0.9, metadata=valid(ge=0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING, ClassVar
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, valid
 from kdbench.features import ModelInfo, pool_to_common_size, select_stage
 from kdbench.losses import cross_entropy
 
@@ -70,7 +70,7 @@ class FactorTransfer(Distiller):
     version: ClassVar[int] = 1
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of factor transfer.
 
         Attributes:
@@ -85,23 +85,19 @@ class FactorTransfer(Distiller):
             teacher_stage: explicit teacher stage index (negative: from the end); wins over ``depth``.
         """
 
-        beta: float = 200.0
-        ce_weight: float = 1.0
-        rate: float = 0.5
+        beta: float = field(default=200.0, metadata=valid(ge=0))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        rate: float = field(default=0.5, metadata=valid(gt=0))
         factor: str = "auto"
-        init_epochs: int = 30
-        depth: float = 1.0
+        init_epochs: int = field(default=30, metadata=valid(ge=0))
+        depth: float = field(default=1.0, metadata=valid(ge=0, le=1))
         student_stage: int | None = None
         teacher_stage: int | None = None
 
         def __post_init__(self) -> None:
-            if self.beta < 0 or self.ce_weight < 0 or self.rate <= 0 or self.init_epochs < 0:
-                raise ValueError(f"need beta, ce_weight, init_epochs >= 0 and rate > 0 (got {self.beta}, "
-                                 f"{self.ce_weight}, {self.init_epochs}, {self.rate})")
+            super().__post_init__()
             if self.factor not in FACTORS:
                 raise ValueError(f"factor must be one of {', '.join(FACTORS)} (got {self.factor!r})")
-            if not 0.0 <= self.depth <= 1.0:
-                raise ValueError(f"depth must be in [0, 1] (got {self.depth})")
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

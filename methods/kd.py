@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
 from kdbench.losses import cross_entropy, kd_loss, standardize_logits
 
 __all__ = ["LogitKD", "kd_loss"]  # kd_loss stays importable from here for plugins written against older versions
@@ -27,7 +27,7 @@ class LogitKD(Distiller):
     family = "logit"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of logit KD.
 
         Attributes:
@@ -37,14 +37,10 @@ class LogitKD(Distiller):
             standardize: z-score the student's and the teacher's logits (per sample) before the temperature.
         """
 
-        temperature: float = field(default=4.0, metadata=tunable(1.0, 8.0))
-        ce_weight: float = 0.1
-        kd_weight: float = field(default=0.9, metadata=tunable(0.1, 1.0))
+        temperature: float = field(default=4.0, metadata=valid(gt=0) | tunable(1.0, 8.0))
+        ce_weight: float = field(default=0.1, metadata=valid(ge=0))
+        kd_weight: float = field(default=0.9, metadata=valid(ge=0) | tunable(0.1, 1.0))
         standardize: bool = False
-
-        def __post_init__(self) -> None:
-            if self.temperature <= 0:
-                raise ValueError(f"temperature must be > 0 (got {self.temperature})")
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and soft-target terms."""

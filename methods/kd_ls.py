@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.distiller import register_method
+from kdbench.distiller import register_method, same_range
 from kdbench.methods.kd import LogitKD
 
 
@@ -33,7 +33,7 @@ class LogitStandardizedKD(LogitKD):
             standardize: z-score both logits before the temperature (the point of this preset).
         """
 
-        temperature: float = 2.0
-        ce_weight: float = 0.1
-        kd_weight: float = 9.0
+        temperature: float = same_range(LogitKD.Params, "temperature", 2.0)
+        ce_weight: float = same_range(LogitKD.Params, "ce_weight", 0.1)
+        kd_weight: float = same_range(LogitKD.Params, "kd_weight", 9.0)
         standardize: bool = True

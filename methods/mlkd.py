@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, tunable, valid
 from kdbench.features import ModelInfo
 from kdbench.losses import cross_entropy, kd_loss, standardize_logits
 
@@ -83,7 +83,7 @@ class MLKD(Distiller):
     version = 1
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of MLKD.
 
         Attributes:
@@ -94,17 +94,11 @@ class MLKD(Distiller):
             standardize: z-score the logits in the kd terms (logit standardisation, Sun et al. 2024).
         """
 
-        temperature: float = field(default=4.0, metadata=tunable(1.0, 8.0))
-        extra_temperatures: tuple[float, ...] = (3.0, 5.0, 2.0, 6.0)
-        ce_weight: float = 0.1
-        kd_weight: float = 0.9
+        temperature: float = field(default=4.0, metadata=valid(gt=0) | tunable(1.0, 8.0))
+        extra_temperatures: tuple[float, ...] = field(default=(3.0, 5.0, 2.0, 6.0), metadata=valid(gt=0))
+        ce_weight: float = field(default=0.1, metadata=valid(ge=0))
+        kd_weight: float = field(default=0.9, metadata=valid(ge=0))
         standardize: bool = False
-
-        def __post_init__(self) -> None:
-            if min(self.temperature, *self.extra_temperatures) <= 0:
-                raise ValueError("mlkd temperatures must be > 0")
-            if min(self.ce_weight, self.kd_weight) < 0:
-                raise ValueError("mlkd weights must be >= 0")
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

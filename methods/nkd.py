@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method
+from kdbench.distiller import Distiller, MethodParams, Step, register_method, valid
 from kdbench.losses import cross_entropy
 
 
@@ -61,7 +61,7 @@ class NormalizedKD(Distiller):
     family = "logit"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of NKD.
 
         Attributes:
@@ -70,15 +70,9 @@ class NormalizedKD(Distiller):
             gamma: weight of the non-target term.
         """
 
-        ce_weight: float = 1.0
-        temperature: float = 1.0
-        gamma: float = 1.5
-
-        def __post_init__(self) -> None:
-            if self.temperature <= 0:
-                raise ValueError(f"temperature must be > 0 (got {self.temperature})")
-            if self.gamma < 0 or self.ce_weight < 0:
-                raise ValueError(f"gamma and ce_weight must be >= 0 (got {self.gamma}, {self.ce_weight})")
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        temperature: float = field(default=1.0, metadata=valid(gt=0))
+        gamma: float = field(default=1.5, metadata=valid(ge=0))
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and the NKD loss."""

@@ -12,7 +12,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, tunable, valid
 from kdbench.features import ModelInfo, StageShape, relative_depth, select_stages
 from kdbench.losses import cross_entropy
 
@@ -105,7 +105,7 @@ class OFA(Distiller):
     version = 1
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of OFA.
 
         Attributes:
@@ -118,19 +118,13 @@ class OFA(Distiller):
             ofa_weight: weight of the branches' OFA losses (summed over branches).
         """
 
-        eps: float = field(default=1.0, metadata=tunable(1.0, 2.0))
-        temperature: float = 1.0
-        depths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+        eps: float = field(default=1.0, metadata=valid(gt=0) | tunable(1.0, 2.0))
+        temperature: float = field(default=1.0, metadata=valid(gt=0))
+        depths: tuple[float, ...] = field(default=(0.25, 0.5, 0.75, 1.0), metadata=valid(ge=0, le=1))
         student_indices: tuple[int, ...] | None = None
-        ce_weight: float = 1.0
-        kd_weight: float = 1.0
-        ofa_weight: float = 1.0
-
-        def __post_init__(self) -> None:
-            if self.eps <= 0 or self.temperature <= 0:
-                raise ValueError(f"ofa eps and temperature must be > 0 (got {self.eps}, {self.temperature})")
-            if not all(0.0 <= d <= 1.0 for d in self.depths):
-                raise ValueError(f"ofa depths must lie in [0, 1] (got {list(self.depths)})")
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        kd_weight: float = field(default=1.0, metadata=valid(ge=0))
+        ofa_weight: float = field(default=1.0, metadata=valid(ge=0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

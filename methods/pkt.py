@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, tunable, valid
 from kdbench.features import ModelInfo
 from kdbench.losses import cross_entropy, flatten_embedding
 
@@ -52,7 +52,7 @@ class PKT(Distiller):
     family = "relation"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of PKT.
 
         Attributes:
@@ -61,15 +61,9 @@ class PKT(Distiller):
             eps: the epsilon of the norms and of the log ratio (1e-7 in the authors' code).
         """
 
-        weight: float = field(default=30000.0, metadata=tunable(3000.0, 100000.0, log=True))
-        ce_weight: float = 1.0
-        eps: float = 1e-7
-
-        def __post_init__(self) -> None:
-            if self.weight < 0 or self.ce_weight < 0:
-                raise ValueError(f"weights must be >= 0 (got {self.weight}, {self.ce_weight})")
-            if self.eps <= 0:
-                raise ValueError(f"eps must be > 0 (got {self.eps})")
+        weight: float = field(default=30000.0, metadata=valid(ge=0) | tunable(3000.0, 100000.0, log=True))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
+        eps: float = field(default=1e-7, metadata=valid(gt=0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, RunContext, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, tunable, valid
 from kdbench.features import ModelInfo
 from kdbench.losses import cross_entropy, flatten_embedding
 
@@ -72,7 +72,7 @@ class RKD(Distiller):
     family = "relation"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of RKD.
 
         Attributes:
@@ -82,14 +82,10 @@ class RKD(Distiller):
             ce_weight: weight of the cross-entropy with the labels.
         """
 
-        distance_weight: float = field(default=25.0, metadata=tunable(1.0, 100.0, log=True))
-        angle_weight: float = field(default=50.0, metadata=tunable(1.0, 100.0, log=True))
-        weight: float = 1.0
-        ce_weight: float = 1.0
-
-        def __post_init__(self) -> None:
-            if min(self.distance_weight, self.angle_weight, self.weight, self.ce_weight) < 0:
-                raise ValueError("RKD weights must be >= 0")
+        distance_weight: float = field(default=25.0, metadata=valid(ge=0) | tunable(1.0, 100.0, log=True))
+        angle_weight: float = field(default=50.0, metadata=valid(ge=0) | tunable(1.0, 100.0, log=True))
+        weight: float = field(default=1.0, metadata=valid(ge=0))
+        ce_weight: float = field(default=1.0, metadata=valid(ge=0))
 
     def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo,
                  context: RunContext | None = None) -> None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, Step, register_method, tunable
+from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
 
 
 def virtual_teacher(labels: Tensor, num_classes: int, correct_prob: float, temperature: float) -> Tensor:
@@ -46,7 +46,7 @@ class TeacherFreeKD(Distiller):
     needs_teacher = False
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(MethodParams):
         """Hyperparameters of Tf-KD_reg.
 
         Attributes:
@@ -56,18 +56,10 @@ class TeacherFreeKD(Distiller):
             multiplier: scale of the batch-mean KL term.
         """
 
-        correct_prob: float = field(default=0.99, metadata=tunable(0.5, 0.99))
-        temperature: float = field(default=20.0, metadata=tunable(1.0, 40.0, log=True))
-        alpha: float = field(default=0.1, metadata=tunable(0.05, 0.95))
-        multiplier: float = 1.0
-
-        def __post_init__(self) -> None:
-            if not 0 < self.correct_prob <= 1:
-                raise ValueError(f"correct_prob must be in (0, 1] (got {self.correct_prob})")
-            if self.temperature <= 0:
-                raise ValueError(f"temperature must be > 0 (got {self.temperature})")
-            if not 0 <= self.alpha <= 1:
-                raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
+        correct_prob: float = field(default=0.99, metadata=valid(gt=0, le=1) | tunable(0.5, 0.99))
+        temperature: float = field(default=20.0, metadata=valid(gt=0) | tunable(1.0, 40.0, log=True))
+        alpha: float = field(default=0.1, metadata=valid(ge=0, le=1) | tunable(0.05, 0.95))
+        multiplier: float = field(default=1.0, metadata=valid(ge=0))
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and virtual-teacher terms."""
