@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench import distributed
 from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, tunable, valid
 from kdbench.errors import ConfigError
 from kdbench.features import ModelInfo
@@ -157,10 +156,11 @@ class CRD(Distiller):
                                                step.labels.to(self.memory_s.device), indices, self.num_negatives)
         first = not self._z_fixed and bool(self.nce_z[0] < 0)  # a loaded state may hold them already
         self._z_fixed = True
-        if first and distributed.enabled():  # under torchrun, Z from the whole global batch, as one process fixes it
+        gather = self.context.gather
+        if first and self.context.processes > 1:  # under torchrun, Z from the whole global batch, as one process would
             with torch.no_grad():
                 _, z_s, z_t = crd_loss(v_s, v_t, self.memory_s, self.memory_t, contrast_idx, None, None, p.nce_t)
-                (shares,) = distributed.gather(torch.stack([z_s, z_t, torch.ones_like(z_s)])[None] * len(indices))
+                (shares,) = gather(torch.stack([z_s, z_t, torch.ones_like(z_s)])[None] * len(indices))
                 self.nce_z.copy_(shares[:, :2].sum(0) / shares[:, 2].sum())
             first = False
         loss, z_s, z_t = crd_loss(v_s, v_t, self.memory_s, self.memory_t, contrast_idx,
@@ -169,7 +169,7 @@ class CRD(Distiller):
             if first:
                 self.nce_z.copy_(torch.stack([z_s, z_t]))
             # under torchrun, every rank's rows: the banks stay the same on every rank
-            indices, v_s, v_t = distributed.gather(indices, v_s, v_t)
+            indices, v_s, v_t = gather(indices, v_s, v_t)
             for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
                 memory.index_copy_(0, indices, F.normalize(memory[indices] * p.momentum + v * (1 - p.momentum), dim=1))
         terms = {"loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels), "loss_crd": p.weight * loss}

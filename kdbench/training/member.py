@@ -68,7 +68,8 @@ class Member:
             batch_size=spec.batch_size, num_train=num_train, num_classes=info.num_classes,
             train_labels=(train_labels.detach().to("cpu", torch.long) if train_labels is not None
                           else torch.zeros(num_train, dtype=torch.long)),
-            device=device, seed=spec.seed)
+            device=device, seed=spec.seed, gather=distributed.gather,
+            processes=distributed.world().size if distributed.enabled() else 1)
         self.method_cls = get_method(spec.method)
         self.params = build_params(self.method_cls.Params, spec.method_params, spec.method)
         self.label = method_label(spec.method, self.params, self.method_cls.Params)
