@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 from torch import nn
@@ -29,6 +31,7 @@ def create_model(
     in_chans: int,
     image_size: int,
     pretrained: bool = False,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Create a timm model for a dataset and check that it can run at the dataset's image size.
 
@@ -37,13 +40,17 @@ def create_model(
         num_classes: number of output classes.
         in_chans: number of input channels.
         image_size: side of the square inputs; ViT-style models get it as ``img_size``.
-        pretrained: load timm's pretrained weights (needs network access to the weight hub).
+        pretrained: load timm's pretrained weights (from its hub, unless the overlay names a file).
+        pretrained_cfg_overlay: entries over timm's pretrained config, e.g. ``{"file": path}`` to load the weights
+            from a local file through timm's own loading code.
 
     Raises:
         ModelError: unknown name, weights that cannot be fetched, or an input size the model cannot process.
     """
     check_model_name(name)
     kwargs: dict[str, object] = {"num_classes": num_classes, "in_chans": in_chans}
+    if pretrained_cfg_overlay:
+        kwargs["pretrained_cfg_overlay"] = dict(pretrained_cfg_overlay)
     try:
         try:  # token models (ViT, Swin, MaxViT, ...) are built for the input size; CNNs reject the keyword
             model = timm.create_model(name, pretrained=pretrained, img_size=image_size, **kwargs)

@@ -20,6 +20,7 @@ from kdbench.distiller import get_method
 from kdbench.errors import ConfigError
 from kdbench.models import check_model_name
 from kdbench.options import ExecOptions
+from kdbench.pretrained import pretrained_data_options, pretrained_fields
 from kdbench.results import FINISHED_STATUSES, read_record
 from kdbench.teachers import file_sha256
 
@@ -62,8 +63,10 @@ def make_spec(
         method: registered method name.
         teacher: teacher model name (ignored by methods that use no separate teacher).
         method_overrides: hyperparameter name -> value, type-checked against the method's ``Params``.
-        teacher_ckpt: load the teacher from this checkpoint instead of training it.
-        teacher_pretrained: use timm's pretrained weights for the teacher.
+        teacher_ckpt: load the teacher from this checkpoint instead of training it (with ``teacher_pretrained``:
+            the pretrained weights file, in timm's layout).
+        teacher_pretrained: use timm's pretrained weights for the teacher (their SHA-256 enters the run id, and the
+            teacher's preprocessing the data options).
         data_root: where a dataset read from disk lies (else ``$KDBENCH_DATA``): its files' fingerprint enters the
             spec (``data_fingerprint``), so other data under the same name is another run.
         **budget: the remaining :class:`RunSpec` fields (seed, epochs, batch_size, lr, ...).
@@ -77,19 +80,19 @@ def make_spec(
     cls = get_method(method)
     params = params_dict(build_params(cls.Params, dict(method_overrides or {}), method))
     fields: dict[str, Any] = dict(budget)
+    if teacher_pretrained and teacher is not None:  # the teacher's normalisation and resize, for every run of the pair
+        fields["data_options"] = pretrained_data_options(teacher, dataset, fields.get("data_options") or {}, data_root)
     fields["data_fingerprint"] = dataset_fingerprint(
         DataConfig(name=dataset, root=data_root, options=dict(fields.get("data_options") or {})))
     fields["method_version"] = int(cls.version)
     if cls.needs_teacher:
         if teacher is None:
             raise ConfigError(f"method {method!r} needs a teacher; pass --teacher MODEL")
-        if teacher_ckpt and teacher_pretrained:
-            raise ConfigError("use either --teacher-ckpt or --teacher-pretrained, not both")
-        if teacher_ckpt:
+        if teacher_pretrained:  # timm's weights: from the hub, or from the file --teacher-ckpt names
+            fields.update(pretrained_fields(teacher, teacher_ckpt))
+        elif teacher_ckpt:
             fields.update(teacher_source="checkpoint", teacher_ckpt=str(teacher_ckpt),
                           teacher_ckpt_sha256=checkpoint_sha256(teacher_ckpt))
-        elif teacher_pretrained:
-            fields["teacher_source"] = "pretrained"
         else:
             fields["teacher_source"] = "trained"
         if fields["teacher_source"] == "trained":  # a teacher trained at the student's lr unless told otherwise

@@ -1,8 +1,9 @@
-"""Published CIFAR-100 KD accuracies (package data) and the mapping between their model names and the zoo's.
+"""Published CIFAR-100 and ImageNet KD accuracies (package data) and the mapping of their model names to kdbench's.
 
 The figures live in ``kdbench/resources/*_published.csv`` (see ``kdbench/resources/README.md`` for their sources and
 the training protocol behind them) and are read through :mod:`importlib.resources`, so they load from an installed
-wheel as well as from a source checkout.
+wheel as well as from a source checkout. CIFAR-100 rows name the CRD code base's models (mapped to the zoo by
+:func:`zoo_name`); ImageNet rows name timm's models as kdbench runs them (``resnet34.tv_in1k``, ``mobilenetv1_100``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,32 @@ def load_published(dataset: str | None = None) -> pd.DataFrame:
     if dataset is not None:
         table = table[table["dataset"] == dataset].reset_index(drop=True)
     return table
+
+
+#: datasets whose published tables name the CRD code base's CIFAR models (the others use timm's names)
+ZOO_NAMED_DATASETS = frozenset({"cifar100"})
+
+
+def model_name(dataset: str, published: str) -> str:
+    """The kdbench (timm) name of a model as the published table of ``dataset`` names it.
+
+    Raises:
+        ModelError: a CIFAR-100 row's model that is not one of the zoo's.
+    """
+    return zoo_name(published) if dataset in ZOO_NAMED_DATASETS else published
+
+
+def published_teacher_top1(dataset: str, teacher: str) -> float | None:
+    """The published top-1 of ``teacher`` on ``dataset`` (its ``teacher`` rows), or ``None`` when there is none.
+
+    Used to check a pretrained teacher before the students train (ImageNet: ``resnet34.tv_in1k`` 73.31).
+    """
+    try:
+        table = load_published(dataset)
+    except (DataError, OSError, ValueError):
+        return None
+    rows = table[(table["method"] == "teacher") & (table["teacher"] == teacher)]
+    return float(rows["top1"].iloc[0]) if not rows.empty else None
 
 
 def zoo_name(published_name: str) -> str:

@@ -32,6 +32,8 @@ from kdbench.distiller import get_method
 from kdbench.errors import KDBenchError, ModelError
 from kdbench.features import ModelInfo, describe_model
 from kdbench.models import create_model
+from kdbench.pretrained import check_top1, load_pretrained
+from kdbench.published import published_teacher_top1
 from kdbench.results import atomic_write_bytes, atomic_write_text
 from kdbench.training import Member, predict, top1, train_members
 
@@ -139,9 +141,14 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         KDBenchError: the file cannot be read as a PyTorch checkpoint, or holds something else than a state dict.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's notes on pickle protocols; the error below says it all
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":  # timm's hub format (pretrained weights); no pickle at all
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on pickle protocols; the error below says it all
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
         raise KDBenchError(_unreadable(path, err)) from None
     if isinstance(obj, dict):
@@ -213,8 +220,11 @@ def prepare_teacher(spec: RunSpec, splits: Splits, device: torch.device, cache_d
     info = splits.info
     build = dict(num_classes=info.num_classes, in_chans=info.in_chans, image_size=info.image_size)
     if spec.teacher_source == "pretrained":
-        model = create_model(spec.teacher, pretrained=True, **build)
-        return _finish(spec.teacher, model, "pretrained", None, splits, spec, device)
+        model = load_pretrained(spec.teacher, spec.teacher_ckpt or "", spec.teacher_ckpt_sha256, info)
+        teacher = _finish(spec.teacher, model, "pretrained", spec.teacher_ckpt_sha256, splits, spec, device)
+        if spec.eval_split == "test":  # before any student trains: a wrong class order or preprocessing shows here
+            check_top1(spec.teacher, teacher.top1, published_teacher_top1(spec.dataset, spec.teacher), log)
+        return teacher
     if spec.teacher_source == "checkpoint":
         path = Path(spec.teacher_ckpt or "")
         if not path.is_file():

@@ -1,4 +1,4 @@
-"""The packaged published CIFAR-100 table and the published <-> zoo model-name mapping."""
+"""The packaged published CIFAR-100 and ImageNet tables and the published <-> zoo model-name mapping."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import kdbench.zoo  # noqa: F401  (registers the zoo)
 from kdbench.config import build_params, method_label
 from kdbench.distiller import discover_methods, get_method
 from kdbench.errors import ModelError
-from kdbench.published import load_published, published_name, zoo_name
+from kdbench.published import load_published, model_name, published_name, published_teacher_top1, zoo_name
 
 COLUMNS = ["dataset", "teacher", "student", "method", "top1", "reporting", "source"]
 
@@ -23,6 +23,10 @@ PAIRS = {
     ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflenetv1"),
     ("resnet32x4", "shufflenetv2"), ("wrn_40_2", "shufflenetv1"),
 }
+# the cross-architecture pairs the logit-standardisation README adds (its table 2)
+LS_PAIRS = {("resnet32x4", "wrn_16_2"), ("resnet32x4", "wrn_40_2"), ("wrn_40_2", "resnet8x4"),
+            ("wrn_40_2", "mobilenetv2")}
+MLKD_LS = "mlkd(temperature=2,kd_weight=9,standardize=True)"
 
 # figures as printed in the papers / their code releases' READMEs
 KNOWN_FIGURES = [
@@ -40,6 +44,27 @@ KNOWN_FIGURES = [
     ("resnet32x4", "resnet8x4", "kd_ls", 76.62),  # logit-standardization-KD README, table 1
     ("resnet32x4", "resnet8x4", "dkd_ls", 77.01),  # logit-standardization-KD README, table 1
     ("resnet50", "mobilenetv2", "ctkd_ls", 69.36),  # logit-standardization-KD README, table 2
+    ("resnet110", "resnet20", "dkd", 71.06),  # logit-standardization-KD README, table 1, row DKD
+    ("resnet32x4", "resnet8x4", MLKD_LS, 78.28),  # logit-standardization-KD README, table 1, row MLKD+Ours
+    ("wrn_40_2", "resnet8x4", "kd_ls", 77.11),  # logit-standardization-KD README, table 2
+    ("resnet32x4", "wrn_40_2", MLKD_LS, 79.66),  # logit-standardization-KD README, table 2
+]
+
+# ImageNet figures as printed in the READMEs of the code releases
+KNOWN_IMAGENET_FIGURES = [
+    ("resnet34.tv_in1k", "resnet18", "teacher", 73.31),  # DIST_KD README
+    ("resnet34.tv_in1k", "resnet18", "ce", 69.76),  # DIST_KD README, torchdistill benchmark
+    ("resnet34.tv_in1k", "resnet18", "kd", 71.03),  # mdistiller README
+    ("resnet34.tv_in1k", "resnet18", "crd", 71.17),  # CRD, as torchdistill's benchmark quotes it
+    ("resnet34.tv_in1k", "resnet18", "reviewkd", 71.61),  # ReviewKD ImageNet README
+    ("resnet34.tv_in1k", "resnet18", "dkd", 71.70),  # mdistiller README
+    ("resnet34.tv_in1k", "resnet18", "dist", 72.07),  # DIST_KD README
+    ("resnet50.tv_in1k", "mobilenetv1_100", "teacher", 76.16),  # DIST_KD README
+    ("resnet50.tv_in1k", "mobilenetv1_100", "ce", 68.87),  # ReviewKD ImageNet README
+    ("resnet50.tv_in1k", "mobilenetv1_100", "kd", 70.50),  # mdistiller README
+    ("resnet50.tv_in1k", "mobilenetv1_100", "reviewkd", 72.56),  # ReviewKD ImageNet README
+    ("resnet50.tv_in1k", "mobilenetv1_100", "dkd", 72.05),  # mdistiller README
+    ("resnet50.tv_in1k", "mobilenetv1_100", "dist", 73.24),  # DIST_KD README
 ]
 
 # how each source reports its figures (the ``reporting`` column's whole vocabulary)
@@ -48,8 +73,8 @@ REPORTING = {
                                "fsp", "nst", "crd", "crd(kd_weight=1)"},
     "best epoch, mean of 5 runs": {"dkd"},
     "mean of runs; epoch and number of runs not stated": {"dist"},
-    "not stated": {"ctkd", "mlkd"},
-    "best epoch, mean of runs; number of runs not stated": {"kd_ls", "dkd_ls", "ctkd_ls"},
+    "not stated": {"ctkd", "mlkd", "kd", "dkd"},  # kd and dkd: the LS README's table 2 pairs
+    "best epoch, mean of runs; number of runs not stated": {"kd_ls", "dkd_ls", "ctkd_ls", MLKD_LS, "dkd"},
 }
 
 EXPECTED_ZOO_NAMES = {
@@ -62,17 +87,20 @@ EXPECTED_ZOO_NAMES = {
 
 
 def raw_rows() -> list[dict[str, str]]:
-    """The packaged CSV read with the standard library, as an independent reference for the loader."""
-    path = resources.files("kdbench").joinpath("resources", "cifar100_published.csv")
-    with path.open("r", encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
+    """The packaged CSVs read with the standard library, as an independent reference for the loader."""
+    rows = []
+    for name in ("cifar100_published.csv", "imagenet_published.csv"):
+        path = resources.files("kdbench").joinpath("resources", name)
+        with path.open("r", encoding="utf-8", newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    return rows
 
 
 def test_loader_has_the_columns_and_every_row():
     table = load_published()
     rows = raw_rows()
     assert list(table.columns) == COLUMNS
-    assert len(table) == len(rows) == 268
+    assert len(table) == len(rows) == 311 + 13
     renamed = {"fitnet": "fitnets"}  # the table's name for FitNets; kdbench's registry calls it fitnets
     for (_, loaded), raw in zip(table.iterrows(), rows, strict=True):
         raw = {**raw, "method": renamed.get(raw["method"], raw["method"])}
@@ -82,10 +110,11 @@ def test_loader_has_the_columns_and_every_row():
 
 def test_table_covers_the_crd_pairs_once_per_method():
     table = load_published("cifar100")
-    assert set(zip(table["teacher"], table["student"], strict=True)) == PAIRS
-    assert not table.duplicated(["dataset", "teacher", "student", "method"]).any()
+    assert set(zip(table["teacher"], table["student"], strict=True)) == PAIRS | LS_PAIRS
+    assert not load_published().duplicated(["dataset", "teacher", "student", "method"]).any()
     per_pair = table.groupby(["teacher", "student"])["method"].apply(set)
-    assert all({"teacher", "ce", "kd", "crd"} <= methods for methods in per_pair)
+    assert all({"teacher", "ce", "kd", "crd"} <= per_pair[pair] for pair in PAIRS)
+    assert all({"kd", "kd_ls", "dkd", "dkd_ls", "mlkd", MLKD_LS} <= per_pair[pair] for pair in LS_PAIRS)
 
 
 @pytest.mark.parametrize(("teacher", "student", "method", "top1"), KNOWN_FIGURES)
@@ -101,12 +130,13 @@ def test_values_are_plain_strings_and_percentages():
         assert all(type(value) is str and value for value in table[column]), column
     assert table["top1"].notna().all()
     assert table["top1"].between(0, 100).all()
-    assert set(table["reporting"]) == set(REPORTING)
+    cifar = load_published("cifar100")
+    assert set(cifar["reporting"]) == set(REPORTING)
     for reporting, methods in REPORTING.items():
-        assert set(table.loc[table["reporting"] == reporting, "method"]) == methods, reporting
-    dkd = table[table.method == "dkd"]
-    assert set(dkd["reporting"]) == {"best epoch, mean of 5 runs"}
-    assert dkd["source"].str.contains("Decoupled Knowledge Distillation").all()
+        assert set(cifar.loc[cifar["reporting"] == reporting, "method"]) == methods, reporting
+    dkd_paper = cifar[cifar["reporting"] == "best epoch, mean of 5 runs"]
+    assert set(dkd_paper["method"]) == {"dkd"}
+    assert dkd_paper["source"].str.contains("Decoupled Knowledge Distillation").all()
 
 
 def test_methods_are_kdbench_methods_or_run_labels_of_their_variants():
@@ -120,13 +150,13 @@ def test_methods_are_kdbench_methods_or_run_labels_of_their_variants():
 
 
 def test_dataset_filter():
-    assert len(load_published("cifar100")) == len(load_published())
+    assert len(load_published("cifar100")) + len(load_published("imagenet")) == len(load_published())
     empty = load_published("mnist5k")
     assert empty.empty and list(empty.columns) == COLUMNS
 
 
 def test_every_published_model_maps_to_a_registered_zoo_model_and_back():
-    table = load_published()
+    table = load_published("cifar100")
     names = set(table["teacher"]) | set(table["student"])
     assert {name: zoo_name(name) for name in names} == EXPECTED_ZOO_NAMES
     for name in names:
@@ -154,3 +184,24 @@ def test_unknown_names_raise_one_line_model_errors():
     assert "\n" not in str(unknown.value)
     with pytest.raises(ModelError, match="not a model of the CIFAR KD zoo"):
         published_name("resnet50")  # timm's ImageNet ResNet-50 is not the CIFAR one
+
+
+@pytest.mark.parametrize(("teacher", "student", "method", "top1"), KNOWN_IMAGENET_FIGURES)
+def test_known_imagenet_figures(teacher, student, method, top1):
+    table = load_published("imagenet")
+    row = table[(table.teacher == teacher) & (table.student == student) & (table.method == method)]
+    assert row["top1"].tolist() == [top1]
+
+
+def test_imagenet_rows_name_timm_models_and_both_protocol_pairs():
+    table = load_published("imagenet")
+    assert set(zip(table["teacher"], table["student"], strict=True)) == {
+        ("resnet34.tv_in1k", "resnet18"), ("resnet50.tv_in1k", "mobilenetv1_100")}
+    for name in set(table["teacher"]) | set(table["student"]):
+        assert timm.is_model(name)
+        assert model_name("imagenet", name) == name
+    assert model_name("cifar100", "resnet8x4") == "cifar_resnet8x4"
+    assert table["source"].str.len().gt(20).all()
+    assert published_teacher_top1("imagenet", "resnet50.tv_in1k") == 76.16
+    assert published_teacher_top1("imagenet", "resnet18") is None
+    assert published_teacher_top1("mnist5k", "resnet34.tv_in1k") is None

