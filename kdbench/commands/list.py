@@ -9,7 +9,7 @@ import timm
 
 from kdbench.commands.common import first_doc_line
 from kdbench.data import DATASETS
-from kdbench.distiller import get_method, list_methods, load_plugin_file
+from kdbench.distiller import get_method, load_plugin_file, methods_by_family
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,16 +27,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """``kdbench list``: one line per name, with the first line of its docstring for methods and datasets."""
+    """``kdbench list``: one line per name, with the first line of its docstring for methods and datasets.
+
+    Methods come by family (``logit``, ``feature``, ...: :data:`kdbench.distiller.FAMILIES`), then by name.
+    """
     if args.what == "methods":
         for plugin in args.plugin:
             load_plugin_file(plugin)
-        for name in list_methods(args.pattern):
+        for name in methods_by_family(args.pattern):
             cls = get_method(name)
             teacher = "no teacher" if not cls.needs_teacher else "teacher"
             if cls.teacher_source == "self":
                 teacher = "self-teacher"
-            print(f"{name:<12} {teacher:<13} {first_doc_line(cls.__doc__)}")
+            print(f"{name:<12} {cls.family:<12} {teacher:<13} {first_doc_line(cls.__doc__)}")
             if getattr(args, "verbose", False):
                 from kdbench.tune import describe_search_space
 

@@ -2,12 +2,14 @@
 
 Colours come from the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design") followed by Paul Tol's
 "muted" scheme (https://personal.sron.nl/~pault/). Each method keeps its colour (and marker) in every figure and
-every report: built-in methods have a fixed slot in :data:`METHOD_ORDER`; other methods (plugins) follow in
-alphabetical order. The no-distillation baseline ``ce`` is grey and the teacher black.
+every report: built-in methods have a fixed slot in :func:`method_order` (their order in the registry: by family,
+then by name); other methods (plugins) follow in alphabetical order. The no-distillation baseline ``ce`` is grey
+and the teacher black.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,13 +27,18 @@ PALETTE: list[str] = _OKABE_ITO + _TOL_MUTED + ["#F0E442"]
 # 11 markers against 16 colours: two methods that share a colour never share a marker as well.
 MARKERS: list[str] = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h"]
 
-# The order that fixes colours: kdbench's built-in methods first (no two of them share a colour), then classic KD
-# methods of the literature. New names go at the end only. Past the palette, colours repeat with another marker.
-METHOD_ORDER: list[str] = [
-    "kd", "fitnets", "at", "byot", "tfkd", "ban",
-    "dkd", "crd", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
-    "dist", "ickd", "reviewkd", "mgd", "logit_std", "ttm", "cs_kd", "ps_kd",
-]
+
+@functools.cache
+def method_order() -> tuple[str, ...]:
+    """The built-in methods (the baseline aside) in the order that fixes their colours: by family, then by name.
+
+    It is read from the method registry (:func:`kdbench.distiller.methods_by_family`), never written out by hand.
+    Past the palette, colours repeat with another marker.
+    """
+    from kdbench.distiller import methods_by_family
+
+    return tuple(name for name in methods_by_family(builtin_only=True) if name != "ce")
+
 
 STYLE: dict[str, Any] = {
     "font.size": 8,
@@ -57,11 +64,21 @@ STYLE: dict[str, Any] = {
 
 
 def method_slots(methods: Iterable[str], baseline: str = "ce") -> dict[str, int]:
-    """Palette slot of each method: fixed for built-ins, alphabetical after them for the others."""
-    slots: dict[str, int] = {name: index for index, name in enumerate(METHOD_ORDER)}
-    others = sorted({m for m in methods if m not in slots and m != baseline})
-    for offset, name in enumerate(others):
-        slots[name] = len(METHOD_ORDER) + offset
+    """Palette slot of each method: fixed for built-ins, after them for the others.
+
+    The others (plugins) follow alphabetically, each on a colour none of ``methods`` has while one is left.
+    """
+    methods = set(methods)
+    order = method_order()
+    slots: dict[str, int] = {name: index for index, name in enumerate(order)}
+    used = {slots[m] % len(PALETTE) for m in methods if m in slots}
+    slot = len(order)
+    for name in sorted(m for m in methods if m not in slots and m != baseline):
+        while slot % len(PALETTE) in used and len(used) < len(PALETTE):  # a colour no method shown has, if one is left
+            slot += 1
+        slots[name] = slot
+        used.add(slot % len(PALETTE))
+        slot += 1
     return slots
 
 
