@@ -388,3 +388,49 @@ def test_exit_codes_ok_and_interrupted(copied_store, capsys, monkeypatch):
     monkeypatch.setattr("kdbench.commands.run.execute", interrupted)
     code, _, err = cli(run_args(copied_store, *METHODS, "--seeds", "5"), capsys)
     assert code == 130 and "interrupted" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 28 item 5: hyperparameters outside their meaning (each method's Params and the run settings declare their
+# valid ranges once; --set, sweep specs and tune trials are checked against them before anything runs)
+
+
+def _sweep_with(tmp_path: Path, methods: str) -> Path:
+    path = tmp_path / "ranges.yaml"
+    path.write_text(f"dataset: digits\nepochs: 1\nteacher_epochs: 1\npairs: [{{teacher: {TINY_TEACHER}, "
+                    f"student: {TINY_STUDENT}}}]\nmethods: {methods}\ndevice: cpu\n")
+    return path
+
+
+RANGE_CASES: dict[str, tuple[Case, tuple[str, ...]]] = {
+    "negative kd weight": (lambda t, r, m: run_args(r, "--method", "kd", "--set", "kd.kd_weight=-1"),
+                           ("kd.kd_weight must be >= 0 (got -1.0)",)),
+    "zero temperature": (lambda t, r, m: run_args(r, "--method", "dkd", "--set", "dkd.temperature=0"),
+                         ("dkd.temperature must be > 0 (got 0.0)",)),
+    "probability above 1": (lambda t, r, m: run_args(r, "--method", "tfkd", "--set", "tfkd.correct_prob=1.5"),
+                            ("tfkd.correct_prob must be in (0, 1] (got 1.5)",)),
+    "depth outside [0, 1]": (lambda t, r, m: run_args(r, "--method", "at", "--set", "at.depths=0.5,2"),
+                             ("at.depths must be a list of values in [0, 1]", "[0.5, 2.0]")),
+    "momentum 1.5": (lambda t, r, m: run_args(r, "--method", "ce", "--momentum", "1.5"),
+                     ("momentum must be in [0, 1) (got 1.5)",)),
+    "momentum 1": (lambda t, r, m: run_args(r, "--method", "ce", "--momentum", "1"),
+                   ("momentum must be in [0, 1)",)),
+    "negative weight decay": (lambda t, r, m: run_args(r, "--method", "ce", "--weight-decay=-0.1"),
+                              ("weight decay must be >= 0 (got -0.1)",)),
+    "sweep grid value out of range": (
+        lambda t, r, m: ["sweep", _sweep_with(t, "{kd: {kd_weight: [0.9, -1]}}"), "--results", r, "--no-progress"],
+        ("kd.kd_weight must be >= 0 (got -1.0)",)),
+    "sweep method param out of range": (
+        lambda t, r, m: ["sweep", _sweep_with(t, "{crd: {momentum: 1.0}}"), "--results", r, "--no-progress"],
+        ("crd.momentum must be in [0, 1) (got 1.0)",)),
+}
+
+
+@pytest.mark.parametrize("name", list(RANGE_CASES))
+def test_a_value_outside_its_declared_range_is_one_line_exit_2_before_any_training(name, tmp_path, capsys,
+                                                                                  monkeypatch):
+    build, fragments = RANGE_CASES[name]
+    results = tmp_path / "results"
+    code, out, err = cli(build(tmp_path, results, monkeypatch), capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert not record_files(results)
