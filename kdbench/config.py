@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,10 @@ TEACHER_SOURCES = ("trained", "checkpoint", "pretrained", "none", "self")
 #   2: method contract v2 (construction context, initialisation phase, parameter groups, extra views, per-member
 #      copies of the teacher's outputs), the optimiser as a run setting, test top-1 at the best validation epoch.
 PROTOCOL_VERSION = 2
+
+#: The largest seed: seeds are 32-bit (NumPy's and the data order's generators take no more), so a larger seed
+#: would silently wrap onto a smaller one and repeat its run.
+SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,8 @@ class RunSpec:
     teacher_ckpt: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "seed")
+        check_seed(self.teacher_seed, "teacher seed")
         validate_budget(self)
         validate_identity(self)
 
@@ -232,6 +239,16 @@ class RunSpec:
         out["milestones"] = list(self.milestones)
         out["betas"] = list(self.betas)
         return out
+
+
+def check_seed(seed: Any, name: str = "seed") -> None:
+    """Check that ``seed`` is an integer in ``[0, SEED_MAX]``: the one range of seeds for run, sweep and tune.
+
+    Raises:
+        ConfigError: ``seed`` is not an integer, or outside the range.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{name} must be an integer from 0 to {SEED_MAX} (2^32 - 1) (got {seed!r})")
 
 
 def validate_budget(spec: Any) -> None:

@@ -162,7 +162,14 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def load_weights(model: nn.Module, state: dict[str, Tensor], source: str, name: str) -> None:
-    """Load ``state`` into ``model`` strictly; a mismatch is a one-line error naming both."""
+    """Load ``state`` into ``model`` strictly; a mismatch is a one-line error naming both.
+
+    A zoo network also takes the CIFAR KD authors' checkpoints (RepDistiller's, mdistiller's), renamed by
+    :func:`kdbench.zoo.authors.from_authors`.
+    """
+    from kdbench.zoo.authors import from_authors
+
+    state = from_authors(model, state) or state
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -224,8 +224,38 @@ def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetS
 
 
 def describe_dataset(config: DataConfig) -> DatasetInfo:
-    """The :class:`DatasetInfo` of ``config.name`` under ``config`` (cheap for the fixed datasets)."""
-    return DATASETS.get(config.name).describe(config)
+    """The :class:`DatasetInfo` of ``config.name`` under ``config`` (cheap for the fixed datasets).
+
+    Raises:
+        DataError: the data under ``config`` cannot make a classifier (see :func:`check_trainable`).
+    """
+    info = DATASETS.get(config.name).describe(config)
+    check_trainable(info, config.val_fraction)
+    return info
+
+
+def check_trainable(info: DatasetInfo, val_fraction: float) -> None:
+    """The rules every dataset meets before a run trains on it, whatever its source; one line for the first broken.
+
+    At least 2 classes; a training split of at least 2 images (one batch that can train); a test split that is not
+    empty; and a validation split that is not empty when ``val_fraction`` asks for one.
+
+    Raises:
+        DataError: the split sizes of ``info`` cannot make a classifier.
+    """
+    sizes, classes = info.sizes, info.num_classes
+    if classes < 2:
+        raise DataError(f"{info.name}: {classes} class only; a classifier needs at least 2 classes")
+    if sizes["train"] < 2:
+        held = f" after a val fraction {val_fraction:g} held out {sizes['val']}" if val_fraction else ""
+        raise DataError(f"{info.name}: {sizes['train']} training image{'s' * (sizes['train'] != 1)} left{held}; "
+                        "nothing to train on (a batch needs at least 2)")
+    if sizes["test"] == 0:
+        raise DataError(f"{info.name}: no test images to measure a run on ({sizes['train'] + sizes['val']} images "
+                        "in all); give it more images")
+    if val_fraction > 0 and sizes["val"] == 0:
+        raise DataError(f"{info.name}: a val fraction {val_fraction:g} holds out no image of its {sizes['train']} "
+                        "training images; raise it, or pass --val-fraction 0 for no validation split")
 
 
 def dataset_fingerprint(config: DataConfig, cached: bool = True) -> str | None:

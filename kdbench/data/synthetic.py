@@ -34,6 +34,10 @@ class SyntheticSource(TensorSource):
         for key in ("num_samples", "size", "channels", "num_classes"):
             if options[key] < 1:
                 raise ConfigError(f"dataset option {key!r} of synthetic must be at least 1, got {options[key]!r}")
+        if options["num_samples"] < options["num_classes"]:  # image i has class i % num_classes
+            raise ConfigError(f"synthetic: {options['num_samples']} images for {options['num_classes']} classes leave "
+                              f"class {options['num_samples']} without images; every class needs images (raise "
+                              "num_samples or lower num_classes)")
         return options
 
     def image_format(self, config: DataConfig) -> ImageFormat:
