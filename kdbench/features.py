@@ -351,12 +351,6 @@ class FeatureAdapter(nn.Module):
 # Stage pairs of multi-stage methods
 
 
-def check_depths(depths: Sequence[float] | None) -> None:
-    """Raise a one-line ``ValueError`` unless every relative depth lies in [0, 1] (for a ``Params`` check)."""
-    if depths is not None and not all(0.0 <= d <= 1.0 for d in depths):
-        raise ValueError(f"depths must lie in [0, 1] (got {list(depths)})")
-
-
 @dataclass(frozen=True)
 class StagePairs:
     """Matched (student stage, teacher stage) pairs of a multi-stage method, in order.
