@@ -21,7 +21,7 @@ from kdbench.errors import ConfigError
 from kdbench.models import check_model_name
 from kdbench.options import ExecOptions
 from kdbench.pretrained import pretrained_data_options, pretrained_fields
-from kdbench.results import FINISHED_STATUSES, read_record
+from kdbench.results import FINISHED_STATUSES, read_record, record_spec_mismatch, set_aside_record
 from kdbench.teachers import file_sha256
 
 
@@ -206,6 +206,9 @@ def make_plan(specs: Sequence[RunSpec], options: ExecOptions) -> Plan:
     done, failed, pending = [], [], []
     for spec in unique:
         record = read_record(options.results, spec.run_id)
+        if record is not None and (mismatch := record_spec_mismatch(record, spec.as_dict())) is not None:
+            set_aside_record(options.results, spec.run_id, f"{mismatch} (edited?)")  # trained again, as corrupt
+            record = None
         if record is not None and record.get("status") in FINISHED_STATUSES:
             done.append(spec)
         elif record is not None and not options.retry_failed:

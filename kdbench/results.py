@@ -120,6 +120,10 @@ OPTIONAL_FIELDS = {
     "gmacs": _NUMBER, "gflops": _NUMBER, "cpu_latency_ms_bs1": _NUMBER, "cpu_samples_per_s": _NUMBER,
     "gpu_latency_ms_bs1": _NUMBER, "gpu_samples_per_s": _NUMBER, "train_time_s": _NUMBER,
     "train_samples_per_s": _NUMBER, "data_options": _OBJECT,
+    # the budget and the versions, which reports format and group by
+    "momentum": _NUMBER, "weight_decay": _NUMBER, "lr_decay": _NUMBER, "val_fraction": _NUMBER,
+    "teacher_lr": _NUMBER, "teacher_weight_decay": _NUMBER, "method_version": _INTEGER, "protocol_version": _INTEGER,
+    "schedule": _TEXT, "milestones": _LIST, "data_fingerprint": _TEXT,
 }
 
 
@@ -175,6 +179,32 @@ def record_problem(record: Any, run_id: str | None = None) -> str | None:
     return None
 
 
+def record_spec_mismatch(record: Mapping[str, Any], spec_fields: Mapping[str, Any]) -> str | None:
+    """How a record disagrees with the spec that asked for its run (one short phrase), or ``None`` if it agrees.
+
+    ``spec_fields`` is the spec as plain data (``RunSpec.as_dict()``). Every field of the spec that identifies the
+    run and that the record stores must be the same in both: a record whose ``method_version`` or ``lr`` was edited
+    under the same run id is not that run. Fields a record lacks, where the checkpoint lies, the loader's options
+    and an image size the spec leaves to the dataset (the record has the size used) are not compared.
+    """
+    from kdbench.config import NOT_HASHED, identity_data_options
+
+    for name, wanted in spec_fields.items():
+        if name in NOT_HASHED or name not in record or (name == "image_size" and wanted is None):
+            continue
+        stored = record[name]
+        if name == "data_options" and isinstance(stored, Mapping):
+            stored, wanted = identity_data_options(stored), identity_data_options(wanted)
+        if _plain(stored) != _plain(wanted):
+            return f"its {name} is {json.dumps(_plain(stored))}, not the run's {json.dumps(_plain(wanted))}"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples as lists, non-finite floats as null)."""
+    return json.loads(json.dumps(_json_safe(value), default=str))
+
+
 _warned: set[str] = set()
 
 
@@ -216,6 +246,17 @@ def _set_aside(path: Path, data: bytes, problem: str) -> None:
             target.unlink()
         return
     _warn(f"invalid run record {path}: {problem}; moved it to {target}; its run counts as not done")
+
+
+def set_aside_record(results: str | os.PathLike[str], run_id: str, problem: str) -> None:
+    """Move the record of ``run_id`` aside to ``<results>/corrupt/`` with one warning line naming ``problem``.
+
+    For a record that is valid on its own but not the run it claims to be (see :func:`record_spec_mismatch`): its
+    run counts as not done and is trained again.
+    """
+    path = record_path(results, run_id)
+    with contextlib.suppress(FileNotFoundError):
+        _set_aside(path, path.read_bytes(), problem)
 
 
 def _parse(data: bytes, run_id: str) -> tuple[Any, str | None]:

@@ -22,7 +22,7 @@ import torch
 
 from kdbench.data import DataConfig, describe_dataset
 from kdbench.env import device_name, resolve_device
-from kdbench.errors import ConfigError
+from kdbench.errors import ConfigError, DataError
 from kdbench.measure import count_flops, count_params_m, cpu_benchmark, gpu_benchmark
 from kdbench.models import check_model_name, create_model
 from kdbench.results import atomic_write_text
@@ -145,6 +145,8 @@ def _check_options(args: argparse.Namespace, device: torch.device) -> None:
         raise ConfigError(f"--threads must be a positive integer, got {args.threads}")
     if args.time_budget_s is not None and not args.time_budget_s > 0:
         raise ConfigError(f"--time-budget-s must be positive, got {args.time_budget_s}")
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; give the CSV file to write, e.g. {Path(args.out) / 'b.csv'}")
 
 
 def bench_model(name: str, args: argparse.Namespace, shape: tuple[int, int, int], device: torch.device) -> dict:
@@ -206,6 +208,9 @@ def run_bench(args: argparse.Namespace) -> int:
     print(format_table(rows))
     if args.out:
         frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
-        atomic_write_text(Path(args.out), frame.to_csv(index=False))
+        try:
+            atomic_write_text(Path(args.out), frame.to_csv(index=False))
+        except OSError as err:
+            raise DataError(f"cannot write --out {args.out}: {err.strerror or err}") from None
         print(f"# wrote {args.out}")
     return 0

@@ -61,7 +61,9 @@ def run_report(args: argparse.Namespace) -> int:
     if frame.empty:
         raise DataError(f"the results store {results} holds no run records; run `kdbench run` first")
     check_baseline(frame, args.baseline)
-    for line in version_warnings(frame):
+    make_out_dir(Path(args.out))
+    warnings = version_warnings(frame)
+    for line in warnings:
         print(line, file=sys.stderr)
     print(console_leaderboard(frame, args.baseline))
     from kdbench.report.writer import write_report  # imported on use: matplotlib is slow to import
@@ -69,10 +71,26 @@ def run_report(args: argparse.Namespace) -> int:
     report = write_report(frame, args.out, baseline=args.baseline, formats=formats)
     print(f"\nwrote {len(report.files)} files to {report.out_dir}")
     for note in report.notes:
-        print(f"  note: {note}")
+        if f"warning: {note}" not in warnings:  # already said above
+            print(f"  note: {note}")
     if "html" in formats:
         print(f"open {report.out_dir / 'index.html'}")
     return 0
+
+
+def make_out_dir(out: Path) -> None:
+    """Create the report's folder ``out``, before anything is written.
+
+    Raises:
+        DataError: ``out`` is a file, or the folder cannot be made.
+    """
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a folder; give the folder to write the report into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot write the report to {out}: {err.strerror or err}; give a writable --out folder") \
+            from None
 
 
 def _training_step_report(path: Path, out: Path, baseline: str) -> int:

@@ -108,6 +108,7 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     prepared = frame.copy().reset_index(drop=True)
     if "eval_split" in prepared:  # tuning trials, measured on the validation split, never enter a test table
         prepared = prepared[prepared["eval_split"].fillna("test") != "val"].reset_index(drop=True)
+    prepared = prepared[newest_versions(prepared)].reset_index(drop=True)  # versions are never pooled
     for column in NUMERIC_COLUMNS:
         if column not in prepared:
             prepared[column] = np.nan
@@ -196,6 +197,26 @@ def check_baseline(frame: pd.DataFrame, baseline: str) -> None:
     raise ConfigError(f"unknown baseline {baseline!r}: no method of that name in the store or registry; {hint}")
 
 
+def _versions(frame: pd.DataFrame, column: str) -> pd.Series:
+    """The ``column`` version of each run as a number; -1 where a record has none (older than any version)."""
+    if column not in frame:
+        return pd.Series(-1.0, index=frame.index)
+    return pd.to_numeric(frame[column], errors="coerce").fillna(-1.0)
+
+
+def newest_versions(frame: pd.DataFrame) -> pd.Series:
+    """Which runs of ``frame`` come from the newest code: the newest protocol version, then each method's newest.
+
+    Runs of different versions are never averaged together or paired: a table holds the newest runs only, and
+    :func:`version_warnings` says what it left out.
+    """
+    protocol = _versions(frame, "protocol_version")
+    keep = protocol == protocol.max() if len(frame) else protocol.astype(bool)
+    method = _versions(frame, "method_version").where(keep)
+    newest = method.groupby(frame["method"].astype(str)).transform("max") if len(frame) else method
+    return keep & (method == newest)
+
+
 def _per_seed_top1(rows: pd.DataFrame) -> pd.Series:
     """Top-1 per seed of the finished runs in ``rows`` (mean if a seed repeats)."""
     ok = rows[(rows["status"] == "ok") & rows["top1"].notna() & rows["seed"].notna()]
@@ -223,7 +244,7 @@ def _first_text(values: pd.Series) -> Any:
 
 def _variant_row(rows: pd.DataFrame, baseline_seeds: pd.Series | None, is_baseline: bool) -> dict[str, Any]:
     ok = rows[rows["status"] == "ok"]
-    top1_mean, top1_std, top1_ci, n = mean_std_ci(ok["top1"])
+    top1_mean, top1_std, top1_ci, n = mean_std_ci(_per_seed_top1(rows))  # a seed counts once
     row: dict[str, Any] = {
         "method_label": rows["method_label"].iloc[0],
         "uses_teacher": bool(rows["uses_teacher"].iloc[0]),
@@ -528,19 +549,36 @@ def environment_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def version_warnings(frame: pd.DataFrame) -> list[str]:
-    """One line per method whose runs in ``frame`` come from more than one version of its code.
+    """One line per protocol version and per method version that the tables leave out (see :func:`newest_versions`).
 
-    A table that mixes a method's versions (its loss, defaults or behaviour changed in between), or the harness's
-    protocol versions, compares results that different code produced; ``kdbench report`` prints these lines.
+    Runs of an older protocol or method version (its loss, defaults or behaviour changed since) are never pooled
+    with the newest ones; ``kdbench report`` prints these lines and adds them to the report's notes.
     """
+    if frame.empty:
+        return []
+    if "eval_split" in frame:
+        frame = frame[frame["eval_split"].fillna("test") != "val"]
+    protocol = _versions(frame, "protocol_version")
+    newest_protocol = protocol.max() if len(frame) else -1.0
     lines = []
-    for column, what in (("method_version", "versions"), ("protocol_version", "protocol versions")):
-        if column not in frame.columns:
-            continue
-        for method, rows in frame.groupby("method", sort=True):
-            found = sorted({int(v) for v in rows[column].dropna()})
-            if len(found) > 1:
-                listed = ", ".join(str(v) for v in found)
-                lines.append(f"warning: the runs of {method!r} come from {what} {listed} of its code; rerun the "
-                             f"older ones (kdbench run/sweep retrains them) or report them apart")
+    for version, count in sorted(protocol[protocol < newest_protocol].value_counts().items()):
+        lines.append(f"warning: left out {_runs(count)} of protocol version {_version_text(version)} (the store's "
+                     f"newest is {_version_text(newest_protocol)}): versions are never pooled; kdbench run/sweep "
+                     "retrains them")
+    current = frame[protocol == newest_protocol]
+    method_versions = _versions(current, "method_version")
+    for method, versions in method_versions.groupby(current["method"].astype(str), sort=True):
+        newest = versions.max()
+        for version, count in sorted(versions[versions < newest].value_counts().items()):
+            lines.append(f"warning: left out {_runs(count)} of {method!r} from method version "
+                         f"{_version_text(version)} (the store's newest is {_version_text(newest)}): versions are "
+                         "never pooled; kdbench run/sweep retrains them")
     return lines
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" + "s" * (count != 1)
+
+
+def _version_text(version: float) -> str:
+    return "unknown" if version < 0 else str(int(version))

@@ -200,6 +200,7 @@ def write_report(
     writer = _Writer(Path(out_dir), chosen)
     writer.out_dir.mkdir(parents=True, exist_ok=True)
     board = aggregate.leaderboard(frame, baseline)
+    writer.result.notes.extend(line.removeprefix("warning: ") for line in aggregate.version_warnings(frame))
     if aggregate.resolve_baseline(aggregate.prepare(frame), baseline) is None:
         writer.result.notes.append(f"baseline {baseline!r} has no runs in the store: Δ columns are empty")
     _write_tables(writer, frame, board, baseline)
