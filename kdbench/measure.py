@@ -14,22 +14,17 @@ Every run record carries these fields (see the measurement protocol in DESIGN.md
 The training-cost fields of the record (``train_time_s``, ``train_samples_per_s``, ``teacher_time_s``,
 ``teacher_time_share``) are measured by the engine while it trains, not here.
 
-Figures of one architecture at one input size on one machine do not depend on the method or the seed, so
-:func:`cached_efficiency` stores them once per results store under ``<results>/efficiency/<hash>.json``.
+Figures of one architecture at one input size on one machine do not depend on the method or the seed, so the
+scheduler keeps them once per results store, under :func:`efficiency_key` (:meth:`kdbench.store.Store.cached`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import math
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from math import prod
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,20 +36,17 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from kdbench.env import cpu_name
 from kdbench.errors import ConfigError
 from kdbench.models import count_params_m
-from kdbench.results import atomic_write_text
 
 __all__ = [
     "CPU_FIELDS",
     "EFFICIENCY_FIELDS",
     "GPU_FIELDS",
     "MEASURE_PROTOCOL_VERSION",
-    "cached_efficiency",
     "count_flops",
     "count_params_m",
     "cpu_benchmark",
     "efficiency",
     "efficiency_key",
-    "efficiency_path",
     "gpu_benchmark",
     "gpu_fields_null",
 ]
@@ -83,7 +75,6 @@ GPU_FIELDS = (
 )
 EFFICIENCY_FIELDS = ("params_m", "gmacs", "gflops", *CPU_FIELDS, *GPU_FIELDS)
 
-EFFICIENCY_DIR = "efficiency"
 _MIB = 2**20
 
 
@@ -474,46 +465,3 @@ def efficiency_key(
         "timm_version": timm.__version__,
         "protocol": MEASURE_PROTOCOL_VERSION,
     }
-
-
-def _canonical_json(value: Any) -> str:
-    """One canonical JSON text for a key: sorted keys, no whitespace, tuples as lists."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def efficiency_path(results_dir: str | os.PathLike[str], key: Mapping[str, Any]) -> Path:
-    """Where the figures of ``key`` are cached: ``<results_dir>/efficiency/<hash of the key>.json``."""
-    digest = hashlib.sha256(_canonical_json(dict(key)).encode("utf-8")).hexdigest()[:20]
-    return Path(results_dir) / EFFICIENCY_DIR / f"{digest}.json"
-
-
-def _finite_or_none(figures: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures with NaN and infinities replaced by ``None`` (JSON has no NaN)."""
-    return {name: None if isinstance(value, float) and not math.isfinite(value) else value
-            for name, value in figures.items()}
-
-
-def cached_efficiency(results_dir: str | os.PathLike[str], key: Mapping[str, Any],
-                      compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
-    """The figures stored for ``key`` in the results store, or ``compute()``'s, stored atomically for next time.
-
-    The file holds ``{"key": ..., "figures": ...}``; a file whose key differs (a hash collision) or that cannot be
-    read is recomputed and replaced. Concurrent writers are safe: each writes a whole file and renames it.
-
-    Args:
-        results_dir: the results store (the folder that holds ``runs/``).
-        key: what identifies the measurement, JSON-serialisable (see :func:`efficiency_key`).
-        compute: measures the figures (usually a call of :func:`efficiency`); called only on a cache miss.
-    """
-    canonical_key = json.loads(_canonical_json(dict(key)))
-    path = efficiency_path(results_dir, key)
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("key") == canonical_key and isinstance(stored.get("figures"), dict):
-            return stored["figures"]
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        pass
-    figures = _finite_or_none(compute())
-    atomic_write_text(path, json.dumps({"key": canonical_key, "figures": figures}, indent=1, sort_keys=True,
-                                       allow_nan=False) + "\n")
-    return figures

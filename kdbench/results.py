@@ -1,4 +1,4 @@
-"""The results store: one JSON record per run under ``<results>/runs/<run_id>.json``.
+"""Run records: one JSON record per run in the store's ``runs/`` folder (see :class:`kdbench.store.Store`).
 
 Records are written atomically (temporary file in the same folder, ``fsync``, ``os.replace``), so a crash at any
 moment leaves either the complete old state or the complete new record, never half a file. Several processes may
@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,10 +25,8 @@ from typing import Any
 import pandas as pd
 
 from kdbench.errors import DataError
+from kdbench.store import Store, atomic_write_text
 
-RUNS_DIR = "runs"
-CORRUPT_DIR = "corrupt"
-RECORD_SUFFIX = ".json"
 #: ``ok``: trained to the end; ``failed``: stopped by an error (trained again with ``--retry-failed``); ``pruned``:
 #: stopped early on purpose by a tuner (``kdbench tune`` with ``tune.prune``), finished and never trained again
 STATUSES = ("ok", "failed", "pruned")
@@ -39,12 +36,12 @@ FINISHED_STATUSES = ("ok", "pruned")
 
 def runs_dir(results: str | os.PathLike[str]) -> Path:
     """The folder that holds the run records of the store at ``results``."""
-    return Path(results) / RUNS_DIR
+    return Store(results).runs_dir
 
 
 def record_path(results: str | os.PathLike[str], run_id: str) -> Path:
     """Path of the record of ``run_id`` in the store at ``results``."""
-    return runs_dir(results) / f"{run_id}{RECORD_SUFFIX}"
+    return Store(results).record_path(run_id)
 
 
 def _json_safe(value: Any) -> Any:
@@ -56,36 +53,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a reader sees the old file or the whole new one, never a part.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk (``fsync``), and the file is renamed
-    over ``path``; the folder is synced too, so the rename survives a power cut. Mode 0644.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide files from the other users of a shared store
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """:func:`atomic_write_bytes` of UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_record(results: str | os.PathLike[str], record: Mapping[str, Any]) -> Path:
@@ -223,13 +190,13 @@ def _set_aside(path: Path, data: bytes, problem: str) -> None:
 
     If another process replaced the file meanwhile with a valid record, that record is put back.
     """
-    store = path.parent.parent
+    store = Store.of_record(path)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    target = store / CORRUPT_DIR / f"{path.stem}.{stamp}{path.suffix}"
     counter = 1
+    target = store.corrupt_path(path, stamp)
     while target.exists():
         counter += 1
-        target = store / CORRUPT_DIR / f"{path.stem}.{stamp}-{counter}{path.suffix}"
+        target = store.corrupt_path(path, stamp, counter)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, target)
@@ -308,12 +275,7 @@ def iter_records(results: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
     Temporary files of writes in flight are skipped.
     """
-    folder = runs_dir(results)
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.glob(f"*{RECORD_SUFFIX}")):
-        if path.name.startswith("."):
-            continue
+    for path in Store(results).record_paths():
         record = _read_path(path)
         if record is not None:
             yield record
@@ -325,20 +287,7 @@ def check_writable(results: str | os.PathLike[str]) -> None:
     Raises:
         DataError: ``results`` is a file, or the store cannot be written.
     """
-    store = Path(results)
-    if store.exists() and not store.is_dir():
-        raise DataError(f"--results {store} is a file, not a folder; give the folder of a results store")
-    for folder in (runs_dir(store), store / "claims"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
-        except NotADirectoryError:
-            raise DataError(f"cannot write the results store {store}: {folder} is not a folder") from None
-        except OSError as err:
-            raise DataError(f"cannot write the results store {store} ({folder}: {err.strerror or err}); "
-                            "give a writable --results folder") from None
+    Store(results).check_writable()
 
 
 def run_statuses(results: str | os.PathLike[str]) -> dict[str, str]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
 import pickle
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ from kdbench.features import ModelInfo, describe_model
 from kdbench.models import create_model
 from kdbench.pretrained import check_top1, load_pretrained
 from kdbench.published import published_teacher_top1
-from kdbench.results import atomic_write_bytes, atomic_write_text
+from kdbench.store import TeacherCache, atomic_write_bytes, atomic_write_text
 from kdbench.training import Member, predict, top1, train_members
 
 ProgressFactory = Callable[[int, str], contextlib.AbstractContextManager[Callable[[int], None]]]
@@ -178,18 +177,6 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str, name: 
         raise ModelError(f"checkpoint {source} does not fit model {name!r}: {detail[:200]}") from None
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path``, held for the block; released by the OS if the process dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _eval_teacher(model: nn.Module, splits: Splits, spec: RunSpec, split: str) -> Tensor:
     return predict(model, splits, split, max(256, spec.batch_size), amp=spec.amp,
                    channels_last=spec.channels_last).logits
@@ -250,8 +237,9 @@ def _cached_or_trained(spec: RunSpec, splits: Splits, device: torch.device, cach
     assert spec.teacher is not None
     info = splits.info
     key = teacher_key(spec)
-    weights, meta_path = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
-    with file_lock(cache_dir / f".{key}.lock"):
+    cache = TeacherCache(cache_dir)
+    weights, meta_path = cache.weights(key), cache.meta(key)
+    with cache.lock(key).held():
         cached = _read_cached(cache_dir, key, spec.teacher, info, log)
         if cached is not None:
             model, sha = cached
@@ -286,7 +274,8 @@ def _cached_or_trained(spec: RunSpec, splits: Splits, device: torch.device, cach
 
 def verified_cache_sha256(cache_dir: Path, key: str) -> str | None:
     """The SHA-256 of the cache entry ``key`` if it is complete and its weights match it, else ``None``."""
-    weights, meta_path = Path(cache_dir) / f"{key}.pt", Path(cache_dir) / f"{key}.json"
+    cache = TeacherCache(Path(cache_dir))
+    weights, meta_path = cache.weights(key), cache.meta(key)
     try:
         expected = json.loads(meta_path.read_text())["sha256"]
         return expected if weights.is_file() and file_sha256(weights) == expected else None
@@ -302,7 +291,8 @@ def teacher_cached(cache_dir: Path, key: str) -> bool:
 def _read_cached(cache_dir: Path, key: str, name: str, info: Any,
                  log: Callable[[str], None]) -> tuple[nn.Module, str] | None:
     """The cached teacher if its files are complete and its hash matches; ``None`` (after a note) otherwise."""
-    weights, meta_path = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
+    cache = TeacherCache(cache_dir)
+    weights, meta_path = cache.weights(key), cache.meta(key)
     if not meta_path.is_file():
         return None
     sha = verified_cache_sha256(cache_dir, key)
@@ -320,7 +310,7 @@ def _read_cached(cache_dir: Path, key: str, name: str, info: Any,
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` written atomically (see :func:`kdbench.results.atomic_write_bytes`)."""
+    """``torch.save`` written atomically (see :func:`kdbench.store.atomic_write_bytes`)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

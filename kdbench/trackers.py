@@ -29,6 +29,7 @@ from typing import Any
 
 from kdbench.config import RunSpec
 from kdbench.errors import ConfigError
+from kdbench.store import Store
 from kdbench.training import Member
 
 #: tracker name -> (the module it needs, the package that provides it)
@@ -121,7 +122,7 @@ class TensorBoardTracker(RunTracker):
     def __init__(self, spec: RunSpec, label: str, results: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard package
 
-        self.writer = SummaryWriter(log_dir=str(Path(results) / "tensorboard" / spec.run_id))
+        self.writer = SummaryWriter(log_dir=str(Store(results).tracker_dir("tensorboard") / spec.run_id))
         self.writer.add_text("run", f"{label}: {spec.teacher or 'none'} -> {spec.student} on {spec.dataset}, "
                                     f"seed {spec.seed}")
         self.writer.add_text("settings", json.dumps(run_params(spec), indent=1, sort_keys=True))
@@ -154,7 +155,7 @@ class MlflowTracker(RunTracker):
 
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:  # MLflow 3 asks for an explicit opt-in to its file store, the offline default here
-            uri = (Path(results) / "mlruns").resolve().as_uri()
+            uri = Store(results).tracker_dir("mlruns").resolve().as_uri()
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         self.status = RunStatus

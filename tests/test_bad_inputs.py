@@ -18,8 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
+import kdbench.store
 from kdbench import results as store
 from kdbench.cli import main
+from kdbench.store import Store
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
 
 BUDGET = ["--epochs", "1", "--teacher-epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress"]
@@ -130,7 +132,7 @@ def _read_only(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(store.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(kdbench.store.tempfile, "mkstemp", refuse)
 
 
 Case = Callable[[Path, Path, pytest.MonkeyPatch], list]
@@ -240,7 +242,7 @@ def test_an_invalid_record_is_moved_aside_with_one_line_and_trained_again(kind, 
     assert len(warnings) == 1 and warnings[0].startswith("kdbench: warning: invalid run record"), err
     assert path.name in warnings[0] and "its run counts as not done" in warnings[0]
     assert "Traceback" not in err and not [w for w in recwarn.list if issubclass(w.category, UserWarning)]
-    (moved,) = (copied_store / store.CORRUPT_DIR).iterdir()
+    (moved,) = (copied_store / Store.CORRUPT).iterdir()
     assert moved.read_text() == bad  # kept, not overwritten
     record = json.loads(path.read_text())
     assert record["status"] == "ok" and record["top1"] >= 0 and record["history"]
@@ -306,9 +308,10 @@ def test_two_image_folders_under_one_name_are_two_runs(tmp_path, capsys, one_tor
 @pytest.mark.slow
 def test_the_fingerprint_follows_the_files_and_the_engine_refuses_changed_data(tmp_path):
     from kdbench.data import DataConfig, dataset_fingerprint
-    from kdbench.engine import ExecOptions, execute
     from kdbench.errors import DataError
+    from kdbench.options import ExecOptions
     from kdbench.plan import make_spec
+    from kdbench.scheduler import execute
 
     root = write_image_folder(tmp_path / "data", ("cat", "dog"))
     config = DataConfig("imagefolder", root=str(root))
@@ -385,7 +388,7 @@ def test_exit_codes_ok_and_interrupted(copied_store, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("kdbench.commands.run.execute", interrupted)
+    monkeypatch.setattr("kdbench.commands.run.schedule", interrupted)
     code, _, err = cli(run_args(copied_store, *METHODS, "--seeds", "5"), capsys)
     assert code == 130 and "interrupted" in err
 

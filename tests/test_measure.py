@@ -13,16 +13,15 @@ from kdbench.measure import (
     CPU_FIELDS,
     EFFICIENCY_FIELDS,
     GPU_FIELDS,
-    cached_efficiency,
     count_flops,
     count_params_m,
     cpu_benchmark,
     efficiency,
     efficiency_key,
-    efficiency_path,
     gpu_benchmark,
     gpu_fields_null,
 )
+from kdbench.store import Store
 
 FAST_CPU = {"warmup": 1, "iters": 20, "min_iters": 3, "time_budget_s": 0.05}
 
@@ -320,7 +319,7 @@ def test_efficiency_has_every_field_and_leaves_model_untouched(monkeypatch):
 # ---------------------------------------------------------------------------------------------------- cache
 
 
-def test_cached_efficiency_computes_once(tmp_path):
+def test_store_cache_computes_efficiency_once(tmp_path):
     calls = []
 
     def compute():
@@ -328,18 +327,19 @@ def test_cached_efficiency_computes_once(tmp_path):
         return {"params_m": 1.5, "gmacs": 0.25, "cpu_latency_ms_bs1": float("nan")}
 
     key = efficiency_key("resnet18", (3, 32, 32), 10, threads=2, cpu_batch_size=64)
-    first = cached_efficiency(tmp_path, key, compute)
-    second = cached_efficiency(tmp_path, dict(key), compute)
+    store = Store(tmp_path)
+    first = store.cached("efficiency", key, compute)
+    second = store.cached("efficiency", dict(key), compute)
     assert calls == [1]
     assert first == second == {"params_m": 1.5, "gmacs": 0.25, "cpu_latency_ms_bs1": None}
     files = list((tmp_path / "efficiency").glob("*.json"))
-    assert files == [efficiency_path(tmp_path, key)]
+    assert len(files) == 1
     stored = json.loads(files[0].read_text())
     assert stored["key"]["model"] == "resnet18" and stored["key"]["input_size"] == [3, 32, 32]
     assert stored["figures"] == first
 
 
-def test_cached_efficiency_separates_keys_and_survives_bad_files(tmp_path):
+def test_store_cache_separates_keys_and_survives_bad_files(tmp_path):
     calls = []
 
     def compute():
@@ -348,12 +348,15 @@ def test_cached_efficiency_separates_keys_and_survives_bad_files(tmp_path):
 
     key = efficiency_key("resnet18", (3, 32, 32), 10)
     other = efficiency_key("resnet18", (3, 32, 32), 10, cpu_batch_size=32)
-    assert efficiency_path(tmp_path, key) != efficiency_path(tmp_path, other)
-    assert cached_efficiency(tmp_path, key, compute) == {"params_m": 1.0}
-    assert cached_efficiency(tmp_path, other, compute) == {"params_m": 2.0}
-    efficiency_path(tmp_path, key).write_text("{not json")
-    assert cached_efficiency(tmp_path, key, compute) == {"params_m": 3.0}
-    assert cached_efficiency(tmp_path, key, compute) == {"params_m": 3.0}
+    store = Store(tmp_path)
+    assert store.cached("efficiency", key, compute) == {"params_m": 1.0}
+    assert store.cached("efficiency", other, compute) == {"params_m": 2.0}
+    files = sorted((tmp_path / "efficiency").glob("*.json"))
+    assert len(files) == 2
+    first = next(f for f in files if json.loads(f.read_text())["figures"] == {"params_m": 1.0})
+    first.write_text("{not json")
+    assert store.cached("efficiency", key, compute) == {"params_m": 3.0}
+    assert store.cached("efficiency", key, compute) == {"params_m": 3.0}
     assert len(calls) == 3
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from kdbench import results as store
 from kdbench.errors import DataError
+from kdbench.store import Store
 
 
 def record(run_id: str, **extra) -> dict:
@@ -62,7 +63,7 @@ def test_unreadable_record_is_set_aside_with_one_kdbench_warning_line(tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("kdbench: warning: invalid run record") and "broken.json" in lines[0]
     assert "not valid JSON" in lines[0] and "moved it to" in lines[0]
     assert not recwarn.list  # kdbench's own line, not a Python UserWarning
-    (moved,) = (tmp_path / store.CORRUPT_DIR).iterdir()
+    (moved,) = (tmp_path / Store.CORRUPT).iterdir()
     assert moved.read_text() == "{not json" and not (store.runs_dir(tmp_path) / "broken.json").exists()
 
 
@@ -90,7 +91,7 @@ def test_a_record_that_breaks_the_contract_counts_as_not_done(tmp_path, capsys, 
     assert store.read_record(tmp_path, "x") is None
     err = capsys.readouterr().err
     assert problem in err and len(err.strip().splitlines()) == 1, err
-    assert not path.exists() and len(list((tmp_path / store.CORRUPT_DIR).iterdir())) == 1
+    assert not path.exists() and len(list((tmp_path / Store.CORRUPT).iterdir())) == 1
 
 
 def test_valid_records_pass_the_contract():

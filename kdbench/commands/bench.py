@@ -25,7 +25,7 @@ from kdbench.env import device_name, resolve_device
 from kdbench.errors import ConfigError, DataError
 from kdbench.measure import count_flops, count_params_m, cpu_benchmark, gpu_benchmark
 from kdbench.models import check_model_name, create_model
-from kdbench.results import atomic_write_text
+from kdbench.store import atomic_write_text
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_IN_CHANS = 3

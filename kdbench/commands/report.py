@@ -13,7 +13,8 @@ from kdbench.report.benchmarks import training_step_table
 from kdbench.report.console import console_leaderboard
 from kdbench.report.formats import ALL_FORMATS, parse_formats
 from kdbench.report.tables import frame_to_display, to_markdown
-from kdbench.results import atomic_write_text, load, runs_dir
+from kdbench.results import load
+from kdbench.store import Store, atomic_write_text
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -51,8 +52,8 @@ def run_report(args: argparse.Namespace) -> int:
     if args.benchmark_json:
         return _training_step_report(Path(args.benchmark_json), Path(args.out), args.baseline)
     results = Path(args.results)
-    if not runs_dir(results).is_dir():
-        raise DataError(f"no results store at {results} (no {runs_dir(results)} folder); run `kdbench run` first "
+    if not Store(results).runs_dir.is_dir():
+        raise DataError(f"no results store at {results} (no {Store(results).runs_dir} folder); run `kdbench run` first "
                         "or pass --results DIR")
     from kdbench.report.tuning import with_tuning
     from kdbench.tune import load_summaries

@@ -22,7 +22,7 @@ from kdbench.report.compare import published_comparison
 from kdbench.report.formats import ALL_FORMATS, parse_formats
 from kdbench.report.formatting import NOT_SUPPORTED_NOTE
 from kdbench.report.html import HtmlFigure, HtmlSection, render_page
-from kdbench.results import atomic_write_bytes
+from kdbench.store import atomic_write_bytes
 
 HTML_PNG_DPI = 150
 CSV_FLOAT_FORMAT = "%.10g"  # full precision without the float noise of means (72.29999999999998 -> 72.3)
@@ -132,7 +132,7 @@ def _write_tables(writer: _Writer, frame: pd.DataFrame, board: pd.DataFrame, bas
         writer.table("failed_runs", "Failed runs (counted, never averaged)", tables.failed_display(failed), failed)
     comparison = published_comparison(board, baseline)
     if not comparison.empty:
-        writer.table("published_vs_measured", "CIFAR-100: published vs measured",
+        writer.table("published_vs_measured", "Published vs measured (CIFAR-100, ImageNet)",
                      tables.published_display(comparison), comparison, sortable=True)
     if "csv" in writer.formats:
         writer.text("runs.csv", aggregate.runs_table(frame).to_csv(index=False, float_format=CSV_FLOAT_FORMAT))

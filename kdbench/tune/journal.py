@@ -1,63 +1,22 @@
 """Study storage: an Optuna journal per study, safe for several processes and for kill -9.
 
-Appends to a journal hold an OS file lock (:class:`FlockLock`, released by the OS when a process dies however it
-dies), and a torn last line (a writer killed mid-append) is cut when the journal is opened.
+Appends to a journal hold an OS file lock (:class:`kdbench.store.FileLock`, released by the OS when a process
+dies however it dies), and a torn last line (a writer killed mid-append) is cut when the journal is opened.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdbench.errors import ConfigError
+from kdbench.store import StudyFiles
 
 if TYPE_CHECKING:
     import optuna
 
     from kdbench.tune.spec import TuneSettings
-
-
-class FlockLock:
-    """An exclusive OS file lock (``flock``) on ``path``, with the interface of Optuna's journal locks.
-
-    The OS releases it when the process dies however it dies, so a killed process never leaves a stale lock.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._handle: Any = None
-        self._depth = 0
-
-    def acquire(self) -> bool:
-        """Block until the lock is held (re-entrant within one process)."""
-        if self._depth == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self.path.open("a")
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            self._handle = handle
-        self._depth += 1
-        return True
-
-    def release(self) -> None:
-        """Release the lock."""
-        self._depth -= 1
-        if self._depth == 0 and self._handle is not None:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """The lock, held for the block."""
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
 
 
 def repair_journal(path: Path) -> bool:
@@ -121,7 +80,7 @@ def open_study(journal: Path, name: str, settings: TuneSettings, create: bool = 
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    append_lock = FlockLock(journal.with_name(journal.name + ".lock"))
+    append_lock = StudyFiles.append_lock(journal)
     with append_lock.held():
         repair_journal(journal)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

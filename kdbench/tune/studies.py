@@ -17,8 +17,9 @@ from kdbench.config import RunSpec, build_params, method_label, params_dict
 from kdbench.distiller import get_method
 from kdbench.errors import KDBenchError
 from kdbench.plan import checkpoint_sha256, make_spec
+from kdbench.store import Store
 from kdbench.sweep import PairEntry, SpecError
-from kdbench.tune.journal import FlockLock, open_study, pruner_settings
+from kdbench.tune.journal import open_study, pruner_settings
 from kdbench.tune.space import SearchParam, harness_search_space, method_search_space
 from kdbench.tune.spec import TuneSettings, TuneSpec
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     import optuna
 
 
-TUNING_DIR = "tuning"
 
 
 @dataclass(frozen=True)
@@ -165,11 +165,9 @@ class StudyStore:
 
     def __init__(self, results: Path, plan: StudyPlan) -> None:
         self.plan = plan
-        folder = Path(results) / TUNING_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        self.journal = folder / f"{plan.name}.journal"
-        self.summary_path = folder / f"{plan.name}.json"
-        self.lock = FlockLock(folder / f"{plan.name}.lock")
+        files = Store(results).study(plan.name)
+        files.journal.parent.mkdir(parents=True, exist_ok=True)
+        self.journal, self.summary_path, self.lock = files.journal, files.summary, files.lock
         with self.lock.held():
             self.study = open_study(self.journal, plan.name, plan.settings, create=True)
             trials = self.study.get_trials(deepcopy=False)

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from kdbench.config import RunSpec
 from kdbench.results import read_record
-from kdbench.store import atomic_write_text
+from kdbench.store import Store, atomic_write_text
 from kdbench.tune.journal import pruner_settings
-from kdbench.tune.studies import TUNING_DIR, StudyStore, _json_text, _state, _used
+from kdbench.tune.studies import StudyStore, _json_text, _state, _used
 
 if TYPE_CHECKING:
     import optuna
@@ -72,7 +72,7 @@ def study_summary(store: StudyStore, results: Path) -> dict[str, Any]:
 
 
 def write_summary(store: StudyStore, results: Path) -> dict[str, Any]:
-    """Write ``<results>/tuning/<study>.json`` atomically and return it."""
+    """Write the study's summary file atomically and return it."""
     summary = study_summary(store, results)
     atomic_write_text(store.summary_path, json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
     return summary
@@ -80,9 +80,8 @@ def write_summary(store: StudyStore, results: Path) -> dict[str, Any]:
 
 def load_summaries(results: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The study summaries of a results store (``[]`` when it has none)."""
-    folder = Path(results) / TUNING_DIR
     out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in Store(results).study_summaries():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
