@@ -1,21 +1,21 @@
-"""Runs run specs: skips what is done, trains cohorts, measures the students, writes one record per run.
+"""One cohort, start to end: claim its runs, make its teacher ready, train, evaluate, measure, write the records.
 
-``execute`` is what ``kdbench run`` and the sweep executors call. It is safe to interrupt at any moment and to
-run in several processes on one results store: a run is claimed with an OS file lock before it trains (released
-automatically if the process dies, even by ``kill -9``), its record is written atomically when it ends, and a run
-whose record says ``ok`` is never trained again.
+:func:`run_cohort` is the unit of work every executor places (:mod:`kdbench.executors`), wherever it runs; the
+scheduler (:mod:`kdbench.scheduler`) decides which cohorts there are. It is safe to interrupt at any moment and to
+run in several processes on one results store: a run is claimed in the store before it trains (an OS file lock,
+released automatically if the process dies, even by ``kill -9``), its record is written atomically when it ends,
+and a run whose record says ``ok`` is never trained again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -23,35 +23,15 @@ from tqdm.auto import tqdm
 from kdbench import distributed, measure
 from kdbench.config import RunSpec
 from kdbench.data import DATA_ROOT_ENV, DataConfig, Splits, dataset_fingerprint, load_dataset
-from kdbench.env import environment, resolve_device
+from kdbench.env import environment
 from kdbench.errors import ConfigError, DataError, KDBenchError, ModelError
 from kdbench.models import count_params_m
 from kdbench.options import ExecOptions
-from kdbench.plan import make_plan
 from kdbench.results import FINISHED_STATUSES, read_record, write_record
+from kdbench.store import Store
 from kdbench.teachers import Teacher, prepare_teacher
 from kdbench.trackers import attach_trackers, finish_trackers
 from kdbench.training import Member, classification_metrics, predict, top1, train_members
-
-CLAIMS_DIR = "claims"
-
-
-def execute(specs: Sequence[RunSpec], options: ExecOptions) -> list[dict[str, Any]]:
-    """Train every run of ``specs`` that is not done yet and return the records of all of them, in order.
-
-    Records of finished runs are read from the store, so the return value is the whole picture either way.
-    Launched by torchrun, every process calls it: rank 0 plans, and each cohort trains across all of them (see
-    :mod:`kdbench.distributed`).
-    """
-    device = resolve_device(options.device)
-    _, device = distributed.setup(device)
-    cohorts = distributed.broadcast(make_plan(specs, options).cohorts if distributed.is_main() else None)
-    for number, cohort in enumerate(cohorts, 1):
-        run_cohort(cohort, options, device, label=f"[{number}/{len(cohorts)}]")
-    distributed.barrier()  # the last records are written before any rank reads them
-    records = [read_record(options.results, spec.run_id) for spec in specs]
-    return [r for r in records if r is not None]
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Claims: one process trains a run at a time
@@ -59,30 +39,15 @@ def execute(specs: Sequence[RunSpec], options: ExecOptions) -> list[dict[str, An
 
 @contextlib.contextmanager
 def claimed(results: Path, specs: Sequence[RunSpec], retry_failed: bool) -> Iterator[list[RunSpec]]:
-    """Lock each run's claim file without waiting; yield the runs this process got and that are still to do."""
-    folder = Path(results) / CLAIMS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    handles: list[tuple[Path, IO[str]]] = []
-    mine: list[RunSpec] = []
-    try:
-        for spec in specs:
-            path = folder / f"{spec.run_id}.lock"
-            handle = path.open("a")
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            handles.append((path, handle))
-            record = read_record(results, spec.run_id)  # it may have finished while we planned
+    """Claim each run in the store without waiting; yield the runs this process got and that are still to do."""
+    by_id = {spec.run_id: spec for spec in specs}
+    with Store(results).claim(by_id) as ids:
+        mine = []
+        for run_id in ids:
+            record = read_record(results, run_id)  # it may have finished while we planned
             if record is None or (record.get("status") not in FINISHED_STATUSES and retry_failed):
-                mine.append(spec)
+                mine.append(by_id[run_id])
         yield mine
-    finally:
-        for path, handle in handles:
-            path.unlink(missing_ok=True)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            handle.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -166,7 +131,8 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
         if users:
             try:
                 if main:
-                    teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar,
+                    teacher = prepare_teacher(users[0], splits, device, Store.of(options).teachers.folder,
+                                              progress=bar,
                                               log=options.log)
             except Exception as err:
                 distributed.broadcast(shared_error(err))  # the others fail at once, with the same line
@@ -175,7 +141,8 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
             if failure is not None:
                 raise failure
             if not main:  # rank 0 cached it: the others read it, and never train one of their own
-                teacher = prepare_teacher(users[0], splits, device, options.teacher_dir, progress=bar,
+                teacher = prepare_teacher(users[0], splits, device, Store.of(options).teachers.folder,
+                                              progress=bar,
                                           log=lambda _: None, train=False)
             if options.measure:
                 teacher_costs = _teacher_costs(teacher, splits)
@@ -204,7 +171,7 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
         cohort_id = members[0].spec.run_id
         names = ", ".join(m.label for m in members)
         steps = splits.num_batches("train", mine[0].batch_size)
-        epochs = members[0].spec.epochs + sum(m.method.init_epochs for m in members)
+        epochs = members[0].spec.epochs + max((m.method.init_epochs for m in members), default=0)
         total = members[0].generations * epochs * steps
         pair = f"{teacher.name if teacher else '-'} -> {', '.join(sorted({m.spec.student for m in members}))}"
         started = time.perf_counter()
@@ -347,8 +314,8 @@ def _efficiency(member: Member, splits: Splits, options: ExecOptions, device: to
     input_size = (info.in_chans, info.image_size, info.image_size)
     key = measure.efficiency_key(spec.student, input_size, info.num_classes, device=device, amp=spec.amp,
                                  channels_last=spec.channels_last)
-    fields = measure.cached_efficiency(
-        options.results, key,
+    fields = Store.of(options).cached(
+        "efficiency", key,
         lambda: measure.efficiency(member.student, input_size, device=device, amp=spec.amp,
                                    channels_last=spec.channels_last))
     fields.pop("params_m", None)  # counted above on the trained student itself

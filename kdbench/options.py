@@ -66,11 +66,6 @@ class ExecOptions:
     compile: bool = False
     epoch_hook: Callable[[RunSpec], Callable[[dict[str, Any]], None] | None] | None = None
 
-    @property
-    def teacher_dir(self) -> Path:
-        """The teacher cache folder."""
-        return Path(self.teacher_cache) if self.teacher_cache else Path(self.results) / "teachers"
-
 
 @dataclass(frozen=True)
 class Resources:

@@ -22,10 +22,11 @@ import kdbench.training as training
 from kdbench.cli import main
 from kdbench.config import PROTOCOL_VERSION
 from kdbench.distiller import Distiller, RunContext, Step, register_method
-from kdbench.engine import ExecOptions, execute
 from kdbench.methods.kd import LogitKD
+from kdbench.options import ExecOptions
 from kdbench.plan import expand, make_plan
 from kdbench.report.aggregate import version_warnings
+from kdbench.scheduler import execute
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
 
 BUDGET = dict(epochs=1, teacher_epochs=1, batch_size=64, lr=0.05)

@@ -204,6 +204,7 @@ def test_a_failing_teacher_fails_every_rank_of_kdbench_run_with_one_error_line(t
                            "--batch-size", "64", "--device", "cpu", "--no-progress", "--results", str(results)])
     assert done.returncode != 0 and wall < DIST_TIMEOUT
     err = done.stderr
-    assert err.count("kdbench: error: training the teacher 'test_resnet' failed: non-finite loss") == 1, err[-3000:]
+    assert err.count("kdbench: error: teacher test_resnet (digits, 1 epochs): training the teacher 'test_resnet' "
+                     "failed: non-finite loss") == 1, err[-3000:]  # as a sweep says it: kdbench run is one
     assert not kdbench_traceback(err), err[-3000:]  # rank 1 raised rank 0's error instead of waiting at a barrier
     assert records(results) == {}

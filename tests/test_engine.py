@@ -14,9 +14,11 @@ from torch import Tensor
 
 import kdbench.training as training
 from kdbench.distiller import Distiller, Step, register_method
-from kdbench.engine import CLAIMS_DIR, ExecOptions, execute
+from kdbench.options import ExecOptions
 from kdbench.plan import expand, make_plan
 from kdbench.results import read_record, write_record
+from kdbench.scheduler import execute
+from kdbench.store import Store
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
 
 BUDGET = dict(epochs=2, teacher_epochs=1, batch_size=64, lr=0.05)
@@ -159,7 +161,7 @@ def test_teacher_free_methods_never_touch_a_teacher(results, monkeypatch):
 @pytest.mark.slow
 def test_a_run_claimed_by_another_process_is_skipped(results):
     (spec,) = specs_for({"ce": {}})
-    claims = results / CLAIMS_DIR
+    claims = results / Store.CLAIMS
     claims.mkdir(parents=True)
     with (claims / f"{spec.run_id}.lock").open("a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # another process holds it (flock is per open file)

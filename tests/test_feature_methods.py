@@ -301,7 +301,8 @@ class PlainMLP(torch.nn.Module):
 @pytest.mark.slow
 def test_a_student_without_taps_is_recorded_failed_with_the_one_line_error(results, monkeypatch):
     from kdbench import training
-    from kdbench.engine import ExecOptions, execute
+    from kdbench.options import ExecOptions
+    from kdbench.scheduler import execute
 
     timm_create = training.member.create_model
 

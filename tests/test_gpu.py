@@ -8,8 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdbench.engine import ExecOptions, execute, load_splits
+from kdbench.engine import load_splits
+from kdbench.options import ExecOptions
 from kdbench.plan import expand
+from kdbench.scheduler import execute
+from kdbench.store import Store
 from kdbench.teachers import prepare_teacher
 from kdbench.training import predict
 
@@ -40,7 +43,7 @@ def test_teacher_bf16_logits_agree_with_fp32(tmp_path):
     device = torch.device("cuda")
     options = ExecOptions(results=tmp_path, device="cuda", progress=False)
     splits = load_splits(spec, options, device)
-    teacher = prepare_teacher(spec, splits, device, options.teacher_dir)
+    teacher = prepare_teacher(spec, splits, device, Store.of(options).teachers.folder)
     fp32 = predict(teacher.model, splits, "test", 256).logits
     bf16 = predict(teacher.model, splits, "test", 256, amp=True).logits
     agreement = (fp32.argmax(1) == bf16.argmax(1)).float().mean().item()

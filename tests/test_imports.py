@@ -87,10 +87,28 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_has_no_circle() -> None:
     graph = import_graph()
-    assert "kdbench.cli" in graph and "kdbench.engine" in graph["kdbench.commands.run"]
+    assert "kdbench.cli" in graph and "kdbench.scheduler" in graph["kdbench.commands.run"]
     assert "kdbench.losses" in graph["kdbench.methods.kd"]
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_the_layers_keep_their_places() -> None:
+    graph = import_graph()
+    # options and store are below everything: they import nothing of kdbench but errors (and the store, options)
+    assert graph["kdbench.options"] == set()
+    assert graph["kdbench.store"] <= {"kdbench.errors", "kdbench.options"}
+    # the spec layer never imports the engine, the executors or the scheduler (tune asks the scheduler for trials)
+    spec_layer = [m for m in graph if m == "kdbench.sweep" or m.startswith("kdbench.sweep.")]
+    for module in spec_layer:
+        assert not graph[module] & {"kdbench.engine", "kdbench.executors", "kdbench.scheduler"}, module
+    for module in (m for m in graph if m.startswith("kdbench.tune")):
+        assert not graph[module] & {"kdbench.engine", "kdbench.executors"}, module
+    # run, sweep and tune reach training through the one scheduler
+    for command in ("run", "sweep"):
+        assert "kdbench.scheduler" in graph[f"kdbench.commands.{command}"]
+        assert "kdbench.engine" not in graph[f"kdbench.commands.{command}"]
+    assert "kdbench.scheduler" in graph["kdbench.tune.loop"]
 
 
 def test_the_checker_finds_a_circle() -> None:

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench.engine import ExecOptions, execute
+from kdbench.options import ExecOptions
 from kdbench.plan import expand
+from kdbench.scheduler import execute
 from kdbench.training import RNGState, StepClock, ensure_mode, host_rngs_preserved
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
 

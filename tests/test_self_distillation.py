@@ -16,12 +16,13 @@ import torch
 import kdbench.training as training
 from kdbench.data import DataConfig, load_dataset
 from kdbench.distiller import Step, get_method
-from kdbench.engine import ExecOptions, execute
 from kdbench.errors import ModelError
 from kdbench.features import ModelInfo, StageShape, describe_model, forward_with_features
 from kdbench.models import create_model
+from kdbench.options import ExecOptions
 from kdbench.plan import expand, make_spec, plan_cohorts
 from kdbench.results import load
+from kdbench.scheduler import execute
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
 from tests.golden.cases import DATA, STUDENT, build, golden_path, step_for
 from tests.golden.cases import previous_generation as golden_previous_generation

@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
-from kdbench import executors
 from kdbench.cli import build_parser, main
 from kdbench.commands.run import build_run_specs
 from kdbench.errors import ModelError
 from kdbench.executors import EXECUTORS
+from kdbench.executors import local as local_executor
 from kdbench.results import iter_records, record_path
 from kdbench.sweep import SpecError, expand_sweep, load_sweep_spec, parse_sweep_spec
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
@@ -155,7 +155,7 @@ EXPECTED_PROBLEMS = [
     "pairs[0]: unknown key 'teachr'; did you mean 'teacher'?",
     "pairs[0].teacher: unknown model 'test_resnett'",
     "pairs[0].lr must be a number (got 'fast')",
-    "pairs[1].teacher_ckpt: teacher checkpoint not found: missing.pt",
+    "pairs[1].teacher_ckpt: teacher checkpoint not found: ",  # the path as resolved, from the spec's folder
     "unknown method 'kdd'; did you mean 'kd'",
     "kd.temperature must be a number (got 'warm')",
     "method 'kd' has no parameter 'temprature'; did you mean 'temperature'?",
@@ -175,6 +175,7 @@ def test_every_problem_of_a_spec_is_one_line_and_nothing_is_written(tmp_path, ca
     for problem in EXPECTED_PROBLEMS:
         assert sum(problem in line for line in lines) == 1, (problem, err)
     assert len(lines) == len(EXPECTED_PROBLEMS), err
+    assert f"teacher checkpoint not found: {(tmp_path / 'missing.pt').resolve()}" in err
     assert not results.exists()
 
 
@@ -418,14 +419,14 @@ def test_a_teacher_checkpoint_relative_to_the_spec_is_loaded_and_hashed(tmp_path
 def test_a_failing_teacher_is_tried_once_and_the_other_pairs_still_run(tmp_path, capsys, monkeypatch):
     # A teacher that cannot process the input is a spec problem now (reported before anything runs), so the
     # failure comes from the teacher's training instead.
-    real = executors.prepare_teacher
+    real = local_executor.prepare_teacher
 
     def failing(spec, *args, **kwargs):
         if spec.teacher == TINY_STUDENT:
             raise ModelError("the teacher ran out of memory")
         return real(spec, *args, **kwargs)
 
-    monkeypatch.setattr(executors, "prepare_teacher", failing)
+    monkeypatch.setattr(local_executor, "prepare_teacher", failing)
     pairs = [{"teacher": TINY_STUDENT, "student": TINY_STUDENT}, {"teacher": TINY_TEACHER, "student": TINY_STUDENT}]
     path = write_spec(tmp_path, yaml.safe_dump(tiny_spec(methods=["kd"], seeds=[0, 1], pairs=pairs)))
     code, _, err = sweep([path, "--results", tmp_path / "results"], capsys)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kdbench.distiller import discover_methods, get_method, list_methods
-from kdbench.engine import ExecOptions
+from kdbench.options import ExecOptions
 from kdbench.sweep import SpecError, parse_sweep_spec
 from kdbench.tune import (
     harness_search_space,
@@ -240,7 +240,7 @@ def guarded_digits():
 
 @pytest.mark.slow
 def test_the_search_never_reads_the_test_split(tmp_path, guarded_digits, one_torch_thread):
-    from kdbench.engine import execute
+    from kdbench.scheduler import execute
     from kdbench.tune import StudyStore, search
 
     results = tmp_path / "results"

@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from kdbench.distiller import discover_methods
-from kdbench.engine import ExecOptions, claimed
+from kdbench.engine import claimed
 from kdbench.executors import worker_fields
+from kdbench.options import ExecOptions
 from kdbench.plan import make_plan
 from kdbench.results import read_record, record_problem, write_record
 from kdbench.sweep import SpecError

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from kdbench.engine import ExecOptions, execute
+from kdbench.options import ExecOptions
 from kdbench.plan import expand
+from kdbench.scheduler import execute
 
 
 @pytest.mark.slow

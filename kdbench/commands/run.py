@@ -21,13 +21,13 @@ from kdbench.config import OPTIMIZERS, SCHEDULES, RunSpec, dataclass_defaults, p
 from kdbench.data import DATASETS, DataConfig, describe_dataset
 from kdbench.distiller import get_method, list_methods, load_plugin_file
 from kdbench.distributed import check_batch_sizes, world_from_env
-from kdbench.engine import execute
 from kdbench.env import resolve_device
 from kdbench.errors import ConfigError, KDBenchError
 from kdbench.options import ExecOptions
 from kdbench.plan import expand, make_plan
 from kdbench.report.console import console_leaderboard
 from kdbench.results import check_writable, records_frame
+from kdbench.scheduler import schedule
 from kdbench.teachers import read_state_dict
 from kdbench.trackers import check_trackers
 
@@ -125,7 +125,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="seed of a teacher kdbench trains (default: %(default)s)")
     p.add_argument("--teacher-ckpt", metavar="PATH", help="load the teacher from this checkpoint (weights only)")
     p.add_argument("--teacher-pretrained", action="store_true",
-                   help="use timm's pretrained weights for the teacher (needs the weight hub)")
+                   help="use timm's pretrained weights for the teacher: from its hub, or from the weights file "
+                        "--teacher-ckpt names")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="METHOD.PARAM=VALUE",
                    help="override a method hyperparameter, e.g. --set kd.temperature=2; repeatable")
     p.add_argument("--amp", action="store_true", default=d["amp"], help="bf16 autocast for teacher and students")
@@ -237,7 +238,11 @@ def exec_options(args: argparse.Namespace) -> ExecOptions:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``kdbench run``: plan, train what is not done, print the leaderboard."""
+    """``kdbench run``: a one-pair local sweep. Plan, train what is not done, print the leaderboard.
+
+    Returns:
+        0 when every run is ``ok``; 1 when a run failed or a teacher could not be prepared (as ``kdbench sweep``).
+    """
     specs = build_run_specs(args)
     check_batch_sizes([spec.batch_size for spec in specs])
     options = exec_options(args)
@@ -251,7 +256,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"kdbench: {len(specs)} runs: {len(plan.pending)} to train, {len(plan.done)} already done"
               + (f", {len(plan.failed)} failed before (use --retry-failed to run them again)" if plan.failed else ""),
               file=sys.stderr)
-    records = execute(specs, options)
+    outcome = schedule(specs, options, plan=plan, run_bar=False)
     if main:
-        print(console_leaderboard(records_frame(records)))
-    return 1 if any(r["status"] == "failed" for r in records) else 0  # as a sweep: a failed run is exit code 1
+        for problem in outcome.problems:
+            print(f"kdbench: error: {problem}", file=sys.stderr)
+        if outcome.records:
+            print(console_leaderboard(records_frame(outcome.records)))
+        if outcome.missing:  # claimed by another process on the same store, which trains them
+            given_up = " (or were given up above)" if outcome.problems else ""
+            print(f"kdbench: {len(outcome.missing)} of {len(specs)} runs are being trained by another process on "
+                  f"{options.results}{given_up} and are not in this leaderboard; run `kdbench report --results "
+                  f"{options.results}` when it finishes", file=sys.stderr)
+    failed = any(r["status"] == "failed" for r in outcome.records)
+    return 1 if failed or outcome.problems else 0  # as a sweep: a failed run is exit code 1

@@ -20,11 +20,13 @@ from kdbench.distiller import get_method
 from kdbench.distributed import world_from_env
 from kdbench.env import resolve_device
 from kdbench.errors import ConfigError
-from kdbench.executors import EXECUTORS, RunBar, SweepJob, import_ray, import_submitit
-from kdbench.options import ExecOptions
+from kdbench.executors import EXECUTORS, import_ray, import_submitit
+from kdbench.options import ExecOptions, Resources
 from kdbench.plan import Plan, make_plan
 from kdbench.report.console import console_leaderboard
-from kdbench.results import check_writable, read_record, records_frame
+from kdbench.results import check_writable, records_frame
+from kdbench.scheduler import Placement, schedule
+from kdbench.store import Store
 from kdbench.sweep import (
     EXECUTION_DEFAULTS,
     EXECUTION_KEYS,
@@ -80,9 +82,10 @@ def plan_headline(spec: SweepSpec, specs: Sequence[RunSpec], plan: Plan) -> str:
 def describe_plan(spec: SweepSpec, specs: Sequence[RunSpec], plan: Plan, options: ExecOptions) -> list[str]:
     """The ``--dry-run`` report: the headline, the teachers and every run with its state."""
     lines = [plan_headline(spec, specs, plan)]
-    teachers = teacher_status(specs, plan, options.teacher_dir)
+    cache = Store.of(options).teachers.folder
+    teachers = teacher_status(specs, plan, cache)
     counts = {state: sum(t["state"] == state for t in teachers) for state in ("to train", "cached", "not needed")}
-    lines.append(f"teachers (cache {options.teacher_dir}): {counts['to train']} to train, {counts['cached']} cached"
+    lines.append(f"teachers (cache {cache}): {counts['to train']} to train, {counts['cached']} cached"
                  + (f", {counts['not needed']} not needed" if counts["not needed"] else ""))
     for row in teachers:
         lines.append(f"  {row['state']:<10} {row['teacher']} on {row['dataset']}, {row['epochs']} epochs, "
@@ -244,17 +247,15 @@ def execute_sweep(setup: SweepSetup, plan: Plan, write: Callable[[str], None] | 
     """
     main = world_from_env().rank == 0
     note = (write or (lambda line: print(f"kdbench: {line}", file=sys.stderr))) if main else (lambda line: None)
-    teachers = teacher_status(setup.runs, plan, setup.options.teacher_dir)
+    teachers = teacher_status(setup.runs, plan, Store.of(setup.options).teachers.folder)
     to_train = [t for t in teachers if t["state"] == "to train"]
     note(plan_headline(setup.spec, setup.runs, plan)
          + (f"; {len(to_train)} teacher{'s' * (len(to_train) != 1)} to train" if to_train else ""))
-    job = SweepJob(cohorts=plan.cohorts, options=setup.options, plugins=setup.spec.plugins, num_cpus=setup.num_cpus,
-                   num_gpus=setup.num_gpus, ray_address=setup.ray_address, gpus_per_run=setup.gpus_per_run)
-    executor = EXECUTORS.get(setup.executor)()
-    with RunBar(total=len(plan.pending), enabled=setup.options.progress and main) as bar:
-        outcome = executor.run(job, bar)
-    distributed.barrier()  # under torchrun: rank 0 has written every record before any rank reads them
-    records = [r for r in (read_record(setup.options.results, s.run_id) for s in setup.runs) if r is not None]
+    placement = Placement(executor=setup.executor, plugins=tuple(setup.spec.plugins),
+                          resources=Resources(num_cpus=setup.num_cpus, num_gpus=setup.num_gpus,
+                                              ray_address=setup.ray_address, gpus_per_run=setup.gpus_per_run))
+    outcome = schedule(setup.runs, setup.options, placement, plan=plan)
+    records = outcome.records
     ok = sum(r.get("status") == "ok" for r in records)
     pruned = sum(r.get("status") == "pruned" for r in records)  # a tuning trial's record, stopped early: finished
     failed = len(records) - ok - pruned

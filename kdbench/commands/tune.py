@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,31 +76,6 @@ def _setup(spec: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return options, settings
 
 
-def executor_batches(options: Any, executor: str, plugins: Any, settings: dict[str, Any], ray_address: str | None,
-                     note: Callable[[str], None]) -> Callable[[Sequence[Any], Any], None]:
-    """A function that trains a batch of runs with ``executor`` (the sweep's executors) and an epoch hook.
-
-    The hook (:class:`kdbench.tune.PruningHook`, or ``None``) goes with the execution options, to Ray and Slurm
-    workers too.
-    """
-    import dataclasses
-
-    from kdbench.executors import RunBar, SweepJob
-    from kdbench.plan import make_plan
-
-    def run(specs: Sequence[Any], hook: Any) -> None:
-        batch_options = dataclasses.replace(options, epoch_hook=hook)
-        plan = make_plan(specs, batch_options)
-        job = SweepJob(cohorts=plan.cohorts, options=batch_options, plugins=plugins, num_cpus=settings["num_cpus"],
-                       num_gpus=settings["num_gpus"], ray_address=ray_address)
-        with RunBar(total=len(plan.pending), enabled=options.progress) as bar:
-            outcome = EXECUTORS.get(executor)().run(job, bar)
-        for problem in outcome.problems:
-            note(f"error: {problem}")
-
-    return run
-
-
 def describe_studies(plans: list[Any], results: Path) -> list[str]:
     """The ``--dry-run`` report: per study its search space, trials used so far and what remains, and the cost."""
     from kdbench.tune import load_summaries
@@ -137,6 +111,8 @@ def _note(line: str) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     """``kdbench tune``: check the spec, search every study, train the final runs, print the leaderboard."""
     from kdbench.distributed import world_from_env
+    from kdbench.options import Resources
+    from kdbench.scheduler import Placement
     from kdbench.sweep import SpecError
     from kdbench.tune import import_optuna, load_tune_spec, plan_studies, run_tune
 
@@ -160,8 +136,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from kdbench.results import check_writable
 
     check_writable(options.results)
-    batches = executor_batches(options, args.executor, spec.sweep.plugins, settings, args.ray_address, _note)
-    outcome = run_tune(plans, options, log=_note, execute_batch=batches)
+    placement = Placement(executor=args.executor, plugins=tuple(spec.sweep.plugins),
+                          resources=Resources(num_cpus=settings["num_cpus"], num_gpus=settings["num_gpus"],
+                                              ray_address=args.ray_address))
+    outcome = run_tune(plans, options, log=_note, placement=placement)
     for line in outcome.unfinished:
         _note(f"not finished: {line}; run the same command again to continue")
     return _print_leaderboard(outcome.summaries, options.results)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.config import RunSpec
-from kdbench.engine import execute
 from kdbench.options import ExecOptions
 from kdbench.results import read_record
+from kdbench.scheduler import Placement, schedule
 from kdbench.tune.pruning import PruningHook, TrialRef, _record_steps
 from kdbench.tune.studies import StudyPlan, StudyState, StudyStore, _counts, _state, trial_value
 from kdbench.tune.summary import final_specs, write_summary
@@ -76,27 +76,22 @@ def _sync(store: StudyStore, results: Path, ask: int) -> dict[str, tuple[RunSpec
     return out
 
 
-#: trains a batch of runs, with the epoch hook of its trials (``None``: no hook)
-BatchRunner = Callable[[Sequence[RunSpec], PruningHook | None], Any]
-
-
 def search(stores: Sequence[StudyStore], options: ExecOptions, log: Callable[[str], None],
-           execute_batch: BatchRunner | None = None) -> list[StudyState]:
+           placement: Placement | None = None) -> list[StudyState]:
     """Run trials until every study has used its budget, or what is left is being trained by other processes.
 
-    Each round asks every unfinished study for ``parallel`` trials (see :class:`TuneSettings`) and executes them
-    together, so trials of studies on one pair train in one cohort on one teacher pass, and an executor with
-    several workers trains the cohorts at once. The trials of studies that prune go with a :class:`PruningHook`.
+    Each round asks every unfinished study for ``parallel`` trials (see :class:`TuneSettings`) and hands them to
+    the scheduler together, so trials of studies on one pair train in one cohort on one teacher pass, and an
+    executor with several workers trains the cohorts at once. The trials of studies that prune go with a
+    :class:`PruningHook`.
 
     Args:
         stores: the studies.
         options: where and how runs execute.
         log: where one-line notes go.
-        execute_batch: trains a batch of runs with an epoch hook (default: :func:`kdbench.engine.execute` in this
-            process).
+        placement: where the trials train (default: this process).
     """
     results = Path(options.results)
-    run_batch = execute_batch or _local_executor(options)
     while True:
         batch: list[RunSpec] = []
         refs: dict[str, TrialRef] = {}
@@ -107,7 +102,7 @@ def search(stores: Sequence[StudyStore], options: ExecOptions, log: Callable[[st
                     refs[run_id] = TrialRef(str(store.journal), store.plan.name, number, store.plan.settings)
         if not batch:
             break
-        run_batch(batch, PruningHook(refs) if refs else None)
+        _train(batch, options, PruningHook(refs) if refs else None, placement, log)
         if not any(read_record(results, s.run_id) is not None for s in batch):
             log("tune: the remaining trials are being trained by other processes; leaving them to those")
             break
@@ -116,13 +111,12 @@ def search(stores: Sequence[StudyStore], options: ExecOptions, log: Callable[[st
     return [_state(store) for store in stores]
 
 
-def _local_executor(options: ExecOptions) -> BatchRunner:
-    """A batch runner that trains in this process (:func:`kdbench.engine.execute`)."""
-
-    def run(specs: Sequence[RunSpec], hook: PruningHook | None) -> Any:
-        return execute(specs, dataclasses.replace(options, epoch_hook=hook))
-
-    return run
+def _train(specs: Sequence[RunSpec], options: ExecOptions, hook: PruningHook | None, placement: Placement | None,
+           log: Callable[[str], None]) -> None:
+    """Hand a batch of runs to the scheduler, with the epoch hook of its trials; its problems become notes."""
+    outcome = schedule(specs, dataclasses.replace(options, epoch_hook=hook), placement)
+    for problem in outcome.problems:
+        log(f"error: {problem}")
 
 
 @dataclass
@@ -145,7 +139,7 @@ def all_trial_specs(stores: Sequence[StudyStore]) -> list[RunSpec]:
 
 
 def run_tune(plans: Sequence[StudyPlan], options: ExecOptions, log: Callable[[str], None] = lambda line: None,
-             execute_batch: BatchRunner | None = None) -> TuneOutcome:
+             placement: Placement | None = None) -> TuneOutcome:
     """Search every study, then train the best and default configurations with the final seeds, on test.
 
     The final runs of a study start only when all its trials are finished, and only after this process's search
@@ -155,13 +149,12 @@ def run_tune(plans: Sequence[StudyPlan], options: ExecOptions, log: Callable[[st
         plans: the studies.
         options: where and how runs execute.
         log: where one-line notes go.
-        execute_batch: trains a batch of runs with an epoch hook (default: :func:`kdbench.engine.execute` in this
-            process; the command passes the Ray executor's for ``--executor ray``).
+        placement: where trials and final runs train (default: this process; ``--executor ray`` spreads them over
+            a cluster).
     """
     results = Path(options.results)
-    run_batch = execute_batch or _local_executor(options)
     stores = [StudyStore(results, plan) for plan in plans]
-    states = search(stores, options, log, run_batch)
+    states = search(stores, options, log, placement)
     for store in stores:
         write_summary(store, results)
     finals: list[RunSpec] = []
@@ -174,6 +167,6 @@ def run_tune(plans: Sequence[StudyPlan], options: ExecOptions, log: Callable[[st
         tuned, defaults = final_specs(state.store)
         finals.extend(tuned + defaults)
     if finals:
-        run_batch(list({s.run_id: s for s in finals}.values()), None)  # final runs are never pruned
+        _train(list({s.run_id: s for s in finals}.values()), options, None, placement, log)  # never pruned
     outcome.summaries = [write_summary(store, results) for store in stores]
     return outcome

@@ -7,31 +7,40 @@ Trains the same runs twice, side by side in one invocation, into two fresh store
 - the time of the training loops alone (from the records) and its speed-up,
 - the ideal cohort training time: the one-at-a-time training time minus the teacher passes a cohort does not
   repeat (each run's own work plus one teacher pass), and how close the cohort comes to it,
-- whether every run's record is identical both ways (top-1 and loss history).
+- whether every run's record is identical both ways (top-1 and loss history),
+- the teacher forward passes each way made (counted, not timed) and the epochs of teacher forward they come to
+  (computed from the records' histories: a cohort's members share one pass per batch in the initialisation
+  phase as in the main one, so initialisation phases of ``ft``, ``ab``, ``fsp`` or two-stage ``fitnets`` cost the
+  cohort their longest, not their sum).
 
 Usage (from the project root)::
 
     python tests/benchmarks/cohort_speedup.py --teacher resnet50 --student mobilenetv3_small_050 \\
         --dataset mnist5k --epochs 1 --json reports/cohort_speedup.json
 
-The default runs are five teacher-using runs: kd at T = 2, 4, 8, fitnets and at.
+The default runs are five teacher-using runs: kd at T = 2, 4, 8, fitnets and at. To see what initialisation
+phases save, give methods that have one, e.g.
+``--methods '{"ft": {"init_epochs": [2]}, "ab": {"init_epochs": [2]}, "fsp": {"init_epochs": [2]}, "kd": {}}'``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdbench.engine import ExecOptions, execute
 from kdbench.env import device_name, resolve_device
+from kdbench.options import ExecOptions
 from kdbench.plan import expand
+from kdbench.scheduler import execute
 from kdbench.teachers import prepare_teacher
 
 DEFAULT_METHODS = {"kd": {"temperature": [2.0, 4.0, 8.0]}, "fitnets": {}, "at": {}}
@@ -58,6 +67,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def teacher_epochs(records: list[dict[str, Any]]) -> int:
+    """Epochs of teacher forward passes the records' training loops made, from their histories (nothing timed).
+
+    A cohort's members share one teacher pass per batch, in the initialisation phase as in the main one, so a
+    cohort pays, per phase, for the most epochs any of its teacher-using members recorded in it; a run trained
+    alone is a cohort of one.
+    """
+    cohorts: dict[str, dict[str, int]] = {}
+    for record in records:
+        if record.get("teacher") is None:
+            continue
+        phases = cohorts.setdefault(record["cohort_id"], {})
+        for phase in {entry["phase"] for entry in record["history"]}:
+            epochs = sum(entry["phase"] == phase for entry in record["history"])
+            phases[phase] = max(phases.get(phase, 0), epochs)
+    return sum(sum(phases.values()) for phases in cohorts.values())
+
+
+@contextlib.contextmanager
+def counted_teacher_passes(passes: list[int]) -> Iterator[None]:
+    """Count the teacher's forward passes (one per view per batch) made in the block."""
+    import kdbench.training.forward as forward
+
+    real = forward.teacher_forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        passes.append(1)
+        return real(*args, **kwargs)
+
+    forward.teacher_forward = counting
+    try:
+        yield
+    finally:
+        forward.teacher_forward = real
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and print (and return) its figures."""
     args = parse_args(argv)
@@ -76,12 +121,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from kdbench.engine import load_splits
 
         prepare_teacher(specs[0], load_splits(specs[0], ExecOptions(**base), device), device, cache)
-        timings, records = {}, {}
+        timings, records, passes = {}, {}, {}
         for way, cohort in (("cohort", True), ("one_at_a_time", False)):
             options = ExecOptions(results=root / way, cohort=cohort, **base)
-            start = time.perf_counter()
-            records[way] = execute(specs, options)
-            timings[way] = time.perf_counter() - start
+            passes[way] = []
+            with counted_teacher_passes(passes[way]):
+                start = time.perf_counter()
+                records[way] = execute(specs, options)
+                timings[way] = time.perf_counter() - start
     solo, together = records["one_at_a_time"], records["cohort"]
     # Training loops only (steps, data and teacher passes; no set-up or evaluation), from the records: a cohort
     # member's train_time_s holds its own steps plus its share of the shared data and teacher time.
@@ -102,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "one_at_a_time_train_s": solo_train, "cohort_train_s": cohort_train, "speedup_train": solo_train / cohort_train,
         "ideal_cohort_train_s": ideal, "cohort_train_over_ideal": cohort_train / ideal,
         "records_identical": identical, "top1": {r["method_label"]: r["top1"] for r in solo},
+        "teacher_passes_one_at_a_time": len(passes["one_at_a_time"]), "teacher_passes_cohort": len(passes["cohort"]),
+        "teacher_passes_saved": len(passes["one_at_a_time"]) - len(passes["cohort"]),
+        "teacher_epochs_one_at_a_time": teacher_epochs(solo), "teacher_epochs_cohort": teacher_epochs(together),
     }
     print(f"{len(specs)} runs, {args.teacher} -> {args.student} on {args.dataset}, {args.epochs} epoch(s), "
           f"batch {args.batch_size}, {figures['device']}, {figures['threads']} threads")
@@ -113,6 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  ideal cohort training (one teacher pass + each run's own work): {ideal:.1f} s; "
           f"cohort / ideal: {figures['cohort_train_over_ideal']:.2f}")
     print(f"  records identical (top-1 and loss history): {identical}")
+    print(f"  teacher passes (counted): one at a time {figures['teacher_passes_one_at_a_time']}, cohort "
+          f"{figures['teacher_passes_cohort']}, saved {figures['teacher_passes_saved']}; epochs of teacher forward: "
+          f"{figures['teacher_epochs_one_at_a_time']} vs {figures['teacher_epochs_cohort']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
