@@ -315,7 +315,7 @@ def _efficiency(member: Member, splits: Splits, options: ExecOptions, device: to
     key = measure.efficiency_key(spec.student, input_size, info.num_classes, device=device, amp=spec.amp,
                                  channels_last=spec.channels_last)
     fields = Store.of(options).cached(
-        "efficiency", key,
+        Store.EFFICIENCY, key,
         lambda: measure.efficiency(member.student, input_size, device=device, amp=spec.amp,
                                    channels_last=spec.channels_last))
     fields.pop("params_m", None)  # counted above on the trained student itself

@@ -3,6 +3,8 @@
 A results folder holds::
 
     runs/<run_id>.json          one record per run (read and checked by :mod:`kdbench.results`)
+    runs/<run_id>.student-{last,best}.safetensors   the deployed student, kept with its record
+    checkpoints/<run_id>.pt     the latest checkpoint of a run still training (removed once its record is written)
     corrupt/                    records that broke the record contract, set aside
     claims/<run_id>.lock        a run being trained (an OS file lock; see :meth:`Store.claim`)
     teachers/                   trained teachers (unless ``--teacher-cache`` puts them elsewhere; :class:`TeacherCache`)
@@ -159,6 +161,8 @@ class Store:
     CLAIMS = "claims"
     TEACHERS = "teachers"
     TUNING = "tuning"
+    CHECKPOINTS = "checkpoints"
+    EFFICIENCY = "efficiency"
 
     def __init__(self, root: str | os.PathLike[str], teacher_cache: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root)
@@ -205,6 +209,21 @@ class Store:
     def of_record(cls, record: Path) -> Store:
         """The store a record file lies in."""
         return cls(Path(record).parent.parent)
+
+    def student_path(self, run_id: str, which: str) -> Path:
+        """The saved deployed student of ``run_id`` (``which``: ``last`` or ``best``), beside its record."""
+        return self.runs_dir / f"{run_id}.student-{which}.safetensors"
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """The folder of training checkpoints (of runs not finished yet)."""
+        return self.root / self.CHECKPOINTS
+
+    def checkpoint_path(self, run_id: str) -> Path:
+        """The latest checkpoint of the run ``run_id``."""
+        return self.checkpoints_dir / f"{run_id}.pt"
 
     # -- claims ------------------------------------------------------------------------------------------------
 
