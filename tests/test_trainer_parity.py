@@ -298,7 +298,6 @@ KNOWN_DIFFERENCES = {
     "repdistiller_fitnets": "the authors' regressor is conv-BN-ReLU; kdbench's FeatureAdapter has no ReLU",
     "repdistiller_ab": "the authors' AB reads pre-ReLU stage maps (preact=True); kdbench the stage outputs",
     "repdistiller_ft": "the authors' paraphraser phase runs at lr 0.01 for ResNet/WRN students; kdbench at lr",
-    "repdistiller_rkd": "equal losses for 3 steps, then the trajectories part: the RKD gradient differs",
 }
 
 
