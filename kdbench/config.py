@@ -168,7 +168,8 @@ class RunSpec:
         teacher_seed: seed of the teacher's training; one teacher serves every student seed.
         teacher_source: ``trained`` (by kdbench, cached), ``checkpoint``, ``pretrained`` (timm weights), ``none``,
             or ``self`` (the method makes its own teachers from the student, as born-again networks do).
-        teacher_ckpt_sha256: content hash of the teacher checkpoint when ``teacher_source == "checkpoint"``.
+        teacher_ckpt_sha256: content hash of the teacher checkpoint when ``teacher_source == "checkpoint"``, or of the
+            pretrained weights file when ``teacher_source == "pretrained"``.
         val_fraction: share of the training split held out for validation (0: none, as the CIFAR protocol).
         image_size: side of the square inputs; ``None`` for the dataset's native size.
         data_options: dataset-specific options (e.g. the shape of ``synthetic``).

@@ -174,6 +174,16 @@ def test_device_decoding_crops_the_same_regions_as_the_pil_loader(tmp_path):
         describe_dataset(DataConfig("imagenet", root=root, options={"decode": "gpu"}))
 
 
+def test_device_decoding_names_a_broken_jpeg(tmp_path):
+    root = make_imagenet(tmp_path)
+    broken = root / "val" / CLASSES[0] / "ILSVRC2012_val_00000001.JPEG"
+    broken.write_bytes(b"\xff\xd8" + b"not a jpeg" * 10)
+    splits = load_dataset(DataConfig("imagenet", root=str(root), image_size=16, options={"workers": 0,
+                                                                                        "decode": "device"}))
+    with pytest.raises(DataError, match="cannot read .*ILSVRC2012_val_00000001.JPEG"):
+        next(splits.eval_batches("test", 8))
+
+
 def test_a_pretrained_teacher_enters_the_run_id_by_its_weights_and_sets_the_preprocessing(tmp_path):
     root = str(make_imagenet(tmp_path / "data"))
     weights = teacher_weights(tmp_path / "teacher.pth")
@@ -283,3 +293,17 @@ def test_report_compares_imagenet_runs_with_the_published_table():
     kd = comparison[comparison["method"] == "kd"].iloc[0]
     assert kd["published_top1"] == 71.03 and kd["difference"] == pytest.approx(70.9 - 71.03)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_decoding_with_nvjpeg_crops_the_same_regions_as_the_pil_loader(tmp_path):
+    root = str(make_imagenet(tmp_path, train=8))
+    batches = {}
+    for decode, device in (("pil", "cpu"), ("device", "cuda")):
+        splits = load_dataset(DataConfig("imagenet", root=root, image_size=24, val_fraction=0, device=device,
+                                         options={"workers": 2, "decode": decode}))
+        batches[decode] = next(splits.train_batches(16, torch.Generator().manual_seed(3)))
+    assert batches["device"].images.is_cuda
+    assert torch.equal(batches["pil"].labels, batches["device"].labels.cpu())
+    assert (batches["pil"].images - batches["device"].images.cpu()).abs().mean() < 0.1

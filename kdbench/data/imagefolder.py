@@ -84,14 +84,34 @@ class _FolderListing:
 
 
 def _list_images(folder: Path) -> list[tuple[str, str]]:
-    """(class name, path) of every image file under ``folder/<class>/``, sorted."""
+    """(class name, path) of every image file under ``folder/<class>/``, sorted (class folders may nest).
+
+    One ``scandir`` per class folder and no ``stat`` per file (the entry types come with the listing), so that
+    listing ImageNet's 1.28 M files takes seconds.
+    """
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    found = []
-    for class_dir in sorted(entry for entry in folder.iterdir() if entry.is_dir()):
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS:
-                found.append((class_dir.name, str(path)))
+    extensions = frozenset(IMG_EXTENSIONS)
+    found: list[tuple[str, str]] = []
+    with os.scandir(folder) as entries:
+        class_dirs = sorted(entry.name for entry in entries if entry.is_dir())
+    for name in class_dirs:
+        class_dir = os.path.join(folder, name)
+        files, nested = [], False
+        with os.scandir(class_dir) as entries:
+            for entry in entries:
+                file = entry.name
+                dot = file.rfind(".")
+                if entry.is_dir():
+                    nested = True
+                elif dot > 0 and file[dot:].lower() in extensions and entry.is_file():
+                    files.append(file)
+        if nested:  # sorted as paths (by their parts), as a recursive listing of Path objects sorts them
+            paths = sorted(p for p in Path(class_dir).rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            found += [(name, str(path)) for path in paths]
+        else:  # one level: sorting the names sorts the paths (the common case, and the fast one)
+            prefix = os.path.join(class_dir, "")
+            found += [(name, prefix + file) for file in sorted(files)]
     return found
 
 
@@ -265,13 +285,18 @@ def _fingerprint(root: str, stamps: tuple[tuple[str, int], ...], classes: int = 
     digest = hashlib.sha256()
     if mode == "content":
         digest.update(b"content\n")
+    prefix = len(os.path.join(root, ""))  # the listing's paths are joined onto the resolved root: no relpath needed
+    lines = []
     for path, label in (*listing.train, *listing.test):
         if mode == "content":
-            what = _file_sha256(path)
+            lines.append(f"{path[prefix:]}\t{label}\t{_file_sha256(path)}\n")
         else:
             stat = os.stat(path)
-            what = f"{stat.st_size}\t{stat.st_mtime_ns}"
-        digest.update(f"{os.path.relpath(path, root)}\t{label}\t{what}\n".encode())
+            lines.append(f"{path[prefix:]}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n")
+        if len(lines) >= 4096:
+            digest.update("".join(lines).encode())
+            lines.clear()
+    digest.update("".join(lines).encode())
     for name, _ in stamps:
         if Path(name).name in (*_VAL_LABEL_FILES, _DEVKIT_GROUND_TRUTH, _DEVKIT_META):
             digest.update(f"{os.path.relpath(name, root)}\t{_file_sha256(name)}\n".encode())

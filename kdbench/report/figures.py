@@ -492,7 +492,7 @@ def plot_training_curves(frame: pd.DataFrame, metric: str | None = None, baselin
 @styled
 def plot_published_vs_measured(frame: pd.DataFrame, baseline: str = "ce",
                                published: pd.DataFrame | None = None) -> Figure:
-    """Measured top-1 (mean, std bars) against the published figure for the same CIFAR-100 pair and method.
+    """Measured top-1 (mean, std bars) against the published figure for the same pair and method (CIFAR-100, ImageNet).
 
     Args:
         frame: a store loaded by :func:`kdbench.results.load`.
@@ -505,7 +505,7 @@ def plot_published_vs_measured(frame: pd.DataFrame, baseline: str = "ce",
     table = _as_table(frame, baseline)
     comparison = published_comparison(table, baseline, published)
     if comparison.empty:
-        raise NoFigureData("no CIFAR-100 run matches a published pair and method")
+        raise NoFigureData("no CIFAR-100 or ImageNet run matches a published pair and method")
     figure = new_figure(ONE_COLUMN_IN, 3.3)
     ax = figure.subplots()
     slots = _slots([m for m in comparison["method"] if m != "teacher"], baseline)

@@ -7,8 +7,9 @@
 # 1. the tests marked `gpu` (bf16, channels-last, GPU efficiency fields, no host synchronisation in the step);
 # 2. the overhead benchmark: kdbench's step against a bare PyTorch loop, fp32 and bf16 + channels-last, with the
 #    achieved TFLOP/s against the device's peak; and with --compile;
-# 3. the loader benchmark: images/s of the ImageNet loader with 0, 4, 8 and 16 workers against the kd step
-#    resnet50 -> resnet18 at 224 px (how many workers keep the GPU fed);
+# 3. the loader benchmark: images/s of the ImageNet loader, PIL in the workers and JPEG decoding on the GPU
+#    (decode=device), with 0, 4, 8 and 16 workers, per core and in total, against the ImageNet protocol's kd step
+#    resnet34 -> resnet18 at batch 512, 224 px, bf16 (whether 16 cores keep the GPU fed);
 # 4. the CIFAR-100 protocol: one epoch of resnet32x4 -> resnet8x4 kd (batch 64, 50,000 images), alone and in a
 #    cohort of five methods; the records' train_time_s x 240 is the projected 240-epoch time.
 #
@@ -43,9 +44,9 @@ step overhead_bf16_cl 120 python -m tests.benchmarks.overhead --device cuda --am
     --json "$out/overhead_bf16_cl.json"
 step overhead_compile 240 python -m tests.benchmarks.overhead --device cuda --amp --channels-last --compile \
     --reps 5 --json "$out/overhead_compile.json"
-step loader 240 python -m tests.benchmarks.loader --device cuda --workers 0 4 8 16 --images 2048 \
-    --source-size 500 375 --teacher resnet50 --student resnet18 --batch-size 256 --amp --channels-last --steps 10 \
-    --json "$out/loader.json"
+step loader 300 python -m tests.benchmarks.loader --device cuda --workers 0 4 8 16 --images 4096 \
+    --source-size 500 375 --teacher resnet34 --student resnet18 --batch-size 512 --amp --channels-last --steps 10 \
+    --decode pil device --json "$out/loader.json"
 cifar=(--dataset synthetic --data-option size=32 --data-option num_classes=100 --data-option num_samples=62500
        --teacher cifar_resnet32x4 --teacher-epochs 1 --student cifar_resnet8x4 --epochs 1 --batch-size 64
        --device cuda --amp --channels-last --val-fraction 0 --no-progress --teacher-cache "$out/teachers")

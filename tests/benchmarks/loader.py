@@ -1,10 +1,13 @@
-"""Benchmark: the ``imagenet`` loader alone (images/s with 0, 1, 2, ... workers) against the training step.
+"""Benchmark: the ``imagenet`` loader alone (images/s with 0, 1, 2, ... workers, each decoder) against the step.
 
 Writes a small folder of JPEGs in the ImageNet layout (``train/<class>/``, ``val/<class>/``), loads it as the
 ``imagenet`` dataset and times:
 
 - the loader alone: one epoch of training batches (decode, RandomResizedCrop, flip, to the device, normalise)
-  with each worker count, after a first, untimed epoch that starts the persistent workers;
+  with each worker count and each decoder (``pil``: PIL in the workers; ``device``: the workers read the files,
+  torchvision decodes the JPEGs and crops on the data device, nvJPEG on a GPU), after a first, untimed epoch that
+  starts the persistent workers; per CPU core = images/s over the cores the loader keeps busy (its workers, or
+  the main process without workers);
 - the training step: kdbench's ``kd`` step (teacher forward + ``Member.train_step``) at the same image size, on
   random inputs, so that it does not wait for the loader.
 
@@ -13,9 +16,9 @@ workers a faster device needs (workers ~= step samples/s / images/s per worker, 
 
 Usage (from the project root)::
 
-    python -m tests.benchmarks.loader                        # CPU, 192 JPEGs at 224 px, about a minute
-    python -m tests.benchmarks.loader --device cuda --workers 0 4 8 16 --images 2048 \\
-        --teacher resnet50 --student resnet18 --batch-size 256 --amp --channels-last
+    python -m tests.benchmarks.loader                        # CPU, 192 JPEGs at 224 px, both decoders, minutes
+    python -m tests.benchmarks.loader --device cuda --workers 0 4 8 16 --images 4096 --source-size 500 375 \\
+        --teacher resnet34 --student resnet18 --batch-size 512 --amp --channels-last   # the ImageNet protocol's step
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=224, help="the crop the models see (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--decode", nargs="+", default=["pil", "device"], choices=["pil", "device"],
+                   help="decoders to time (default: both)")
     p.add_argument("--teacher", default="resnet18")
     p.add_argument("--student", default="mobilenetv3_small_100")
     p.add_argument("--steps", type=int, default=3, help="timed training steps (default: %(default)s)")
@@ -83,11 +88,11 @@ def write_jpegs(root: Path, count: int, classes: int, size: tuple[int, int]) -> 
             Image.fromarray(pixels).save(path, quality=90)
 
 
-def loader_rate(root: Path, workers: int, args: argparse.Namespace, device: torch.device) -> float:
-    """Images/s of one training epoch of the ``imagenet`` loader with ``workers`` workers (after a warm-up epoch)."""
+def loader_rate(root: Path, workers: int, args: argparse.Namespace, device: torch.device, decode: str = "pil") -> float:
+    """Images/s of one training epoch of the ``imagenet`` loader (``workers`` workers, ``decode``), warmed up."""
     clear_dataset_cache()
     config = DataConfig("imagenet", root=str(root), image_size=args.image_size, val_fraction=0.0, device=str(device),
-                        options={"workers": workers})
+                        options={"workers": workers, "decode": decode})
     splits = load_dataset(config)
     generator = torch.Generator(device=device).manual_seed(0)
     for _ in splits.train_batches(args.batch_size, generator):  # starts the workers; fills the page cache
@@ -149,24 +154,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tick = time.perf_counter()
         write_jpegs(root, args.images, args.classes, tuple(args.source_size))
         written_s = time.perf_counter() - tick
-        loader = {workers: loader_rate(root, workers, args, device) for workers in args.workers}
+        loader = {decode: {workers: loader_rate(root, workers, args, device, decode) for workers in args.workers}
+                  for decode in args.decode}
     step = step_rate(args, device, args.classes)
-    per_worker = max((rate / w for w, rate in loader.items() if w > 0), default=None)
+    per_core = {decode: max(rate / max(workers, 1) for workers, rate in rates.items())
+                for decode, rates in loader.items()}
     figures = {
         "device": device_name(device), "cpu_count": os.cpu_count(), "images": args.images,
         "source_size": args.source_size, "image_size": args.image_size, "batch_size": args.batch_size,
-        "loader_images_per_s": {str(w): r for w, r in loader.items()}, "images_per_s_per_worker": per_worker,
+        "loader_images_per_s": {decode: {str(w): r for w, r in rates.items()} for decode, rates in loader.items()},
+        "images_per_s_per_core": per_core,
         "step": f"kd {args.teacher} -> {args.student}", "step_samples_per_s": step, "amp": args.amp,
         "channels_last": args.channels_last, "jpeg_write_s": written_s,
-        "workers_to_keep_up": (step / per_worker) if per_worker else None,
+        "cores_to_keep_up": {decode: step / rate for decode, rate in per_core.items()},
     }
     print(f"{args.images} JPEGs {args.source_size[0]}x{args.source_size[1]} -> {args.image_size} px crops, batch "
           f"{args.batch_size}, {figures['device']}, {os.cpu_count()} CPUs")
-    for workers, rate in loader.items():
-        print(f"  loader, {workers} worker(s): {rate:.0f} images/s")
+    for decode, rates in loader.items():
+        for workers, rate in rates.items():
+            print(f"  loader, decode {decode}, {workers} worker(s): {rate:.0f} images/s "
+                  f"({rate / max(workers, 1):.0f} per core)")
     print(f"  training step ({figures['step']}, main process {args.threads} thread(s)): {step:.1f} samples/s")
-    if per_worker:
-        print(f"  one worker decodes {per_worker:.0f} images/s: this step needs ~{step / per_worker:.2f} worker(s)")
+    for decode, rate in per_core.items():
+        print(f"  decode {decode}: {rate:.0f} images/s per core; this step needs ~{step / rate:.2f} core(s)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
