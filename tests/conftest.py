@@ -1,13 +1,31 @@
-"""Shared fixtures: tiny timm models on `digits`, isolated result stores, a registry sandbox for test methods."""
+"""Shared fixtures (tiny timm models on `digits`, isolated result stores, a registry sandbox for test methods, a local
+Ray instance) and the one hook that skips `gpu` tests without a CUDA device; shared helpers are in helpers.py."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 TINY_TEACHER = "test_resnet"
 TINY_STUDENT = "test_efficientnet"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip themselves where no CUDA device is present: the one place that decides it."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in gpu_tests:
+        item.add_marker(skip)
 
 
 def as_rank(monkeypatch, rank: int, size: int = 2) -> None:
@@ -63,3 +81,18 @@ def method_sandbox():
     yield METHODS
     for name in set(METHODS.names()) - before:
         METHODS.unregister(name)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(one_torch_thread):
+    """A fresh local Ray instance with 2 CPUs (never one that happens to run on this machine); its GCS address."""
+    import ray  # part of the dev dependencies
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    temp_dir = tempfile.mkdtemp(prefix="kdray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                       _node_ip_address="127.0.0.1",  # loopback only: nothing leaves this machine
+                       _temp_dir=temp_dir)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

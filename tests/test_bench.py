@@ -141,7 +141,6 @@ def test_bench_uses_dataset_in_end_to_end_run(capsys, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bench_on_cuda(tmp_path, capsys):
     out = tmp_path / "gpu.csv"
     args = parse(["test_resnet", "--input-size", "32", "--num-classes", "10", "--device", "cuda", "--amp",

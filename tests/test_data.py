@@ -27,6 +27,7 @@ from kdbench.data import (
     random_crop_flip,
 )
 from kdbench.errors import ConfigError, DataError
+from tests.helpers import folder_colour, write_image_folder
 
 BUILT_IN = {"digits", "mnist5k", "cifar10", "cifar100", "imagefolder", "imagenet", "synthetic"}
 
@@ -113,29 +114,6 @@ def write_cifar100(root: Path, train_count: int = 40, test_count: int = 12, seed
         items.append(as_items(data.reshape(-1, 3, 32, 32), np.array(fine)))
     write_pickle(folder / "meta", {b"fine_label_names": [f"c{k}".encode() for k in range(100)]})
     return items[0], items[1]
-
-
-FOLDER_CLASSES = ("cat", "dog", "fox")
-
-
-def folder_colour(number: int) -> tuple[int, int, int]:
-    return (7 * number + 3, 250 - 5 * number, (31 * number) % 256)
-
-
-def write_image_folder(root: Path, train_per_class: int = 8, val_per_class: int = 3) -> tuple[list, list]:
-    """Solid-colour PNGs (one colour per image) under train/<class>/ and val/<class>/; returns (colour, label)."""
-    number = 0
-    found: dict[str, list] = {"train": [], "val": []}
-    for part, per_class in (("train", train_per_class), ("val", val_per_class)):
-        for label, name in enumerate(FOLDER_CLASSES):
-            (root / part / name).mkdir(parents=True, exist_ok=True)
-            for k in range(per_class):
-                colour = folder_colour(number)
-                size = (12 + k % 3 * 2, 10 + k % 2 * 4)
-                Image.new("RGB", size, colour).save(root / part / name / f"img{k}.png")
-                found[part].append((colour, label))
-                number += 1
-    return found["train"], found["val"]
 
 
 def digits_case(tmp_path: Path) -> Case:
@@ -605,7 +583,6 @@ def test_load_dataset_caches_by_config() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batches_live_on_the_gpu_and_match_the_cpu() -> None:
     cpu = load_dataset(DataConfig("digits"))
     gpu = load_dataset(DataConfig("digits", device="cuda"))

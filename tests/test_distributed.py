@@ -216,7 +216,7 @@ def test_memory_banks_are_the_same_on_every_rank(tmp_path: Path):
 
 def test_the_folder_loader_loads_only_its_share_under_torchrun(tmp_path: Path, monkeypatch):
     from kdbench.data import DataConfig, clear_dataset_cache, load_dataset
-    from tests.test_data import write_image_folder
+    from tests.helpers import write_image_folder
 
     write_image_folder(tmp_path)
     clear_dataset_cache()
@@ -233,7 +233,7 @@ def test_the_folder_loader_loads_only_its_share_under_torchrun(tmp_path: Path, m
 
 def test_the_folder_loader_loads_only_its_evaluation_batches_under_torchrun(tmp_path: Path, monkeypatch):
     from kdbench.data import DataConfig, clear_dataset_cache, load_dataset
-    from tests.test_data import write_image_folder
+    from tests.helpers import write_image_folder
 
     write_image_folder(tmp_path)
     clear_dataset_cache()

@@ -16,10 +16,7 @@ from kdbench.store import Store
 from kdbench.teachers import prepare_teacher
 from kdbench.training import predict
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+pytestmark = pytest.mark.gpu
 
 
 def test_cohort_trains_on_gpu_with_bf16_and_channels_last(tmp_path):

@@ -274,7 +274,6 @@ def test_gpu_fields_are_null_without_cuda(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(("amp", "channels_last"), [(False, False), (True, True)])
 def test_gpu_benchmark_on_cuda(amp, channels_last):
     model = partly_frozen_student()
@@ -292,7 +291,6 @@ def test_gpu_benchmark_on_cuda(amp, channels_last):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_efficiency_on_cuda_fills_gpu_fields():
     figures = efficiency(partly_frozen_student(), (3, 32, 32), device="cuda", cpu_batch_size=8, gpu_batch_size=32)
     assert figures["gpu_samples_per_s"] > 0 and figures["gpu_batch_size"] == 32

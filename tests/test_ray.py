@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import yaml
@@ -48,21 +46,6 @@ class PidLog(Distiller):
         """Cross-entropy."""
         return {{"loss_ce": F.cross_entropy(step.student_logits, step.labels)}}
 '''
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(one_torch_thread):
-    """A fresh local Ray instance with 2 CPUs (never one that happens to run on this machine); its GCS address."""
-    import ray  # part of the dev dependencies
-
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    temp_dir = tempfile.mkdtemp(prefix="kdray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                       _node_ip_address="127.0.0.1",  # loopback only: nothing leaves this machine
-                       _temp_dir=temp_dir)
-    yield context.address_info["gcs_address"]
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_sweep_runs_on_a_ray_cluster_and_gives_the_local_records(ray_cluster, tmp_path, capsys):

@@ -16,7 +16,7 @@ import pytest
 
 from kdbench.report import write_report
 from kdbench.results import load
-from tests.test_report import DIGITS_CE, GPU, P1, P2, SHORT_KD, TEACHER_FREE, TOP1, build_store
+from tests.helpers import DIGITS_CE, GPU, P1, P2, SHORT_KD, TEACHER_FREE, TOP1, build_store
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next((path for path in map(shutil.which, BROWSERS) if path), None)

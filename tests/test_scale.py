@@ -81,7 +81,7 @@ def test_step_clock_charges_weighted_spans_on_cpu():
     assert a.own_time_s == 2.0 and b.shared_time_s == 2.0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_step_clock_times_gpu_work_with_events():
     class Target:
         own_time_s = 0.0
@@ -154,7 +154,6 @@ def _steps_without_host_sync(device: torch.device, method: str, check: bool) -> 
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("method", ["ce", "kd", "dkd", "fitnets", "at"])
 def test_a_training_step_makes_no_host_synchronisation_on_a_gpu(method: str):
     """The step on a GPU: no .item(), no non-finite check, no RNG swap that waits for the device (CUDA's sync debug

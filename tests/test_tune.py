@@ -28,18 +28,9 @@ from kdbench.tune import (
     run_tune,
 )
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.helpers import trial_records, tune_data
 
 discover_methods()
-
-BUDGET = {"epochs": 1, "teacher_epochs": 1, "batch_size": 64}
-
-
-def tune_data(methods: object = ("ce", "kd"), trials: int = 3, seeds: tuple[int, ...] = (0, 1),
-              **extra: object) -> dict:
-    return {"dataset": "digits", **BUDGET, "pairs": [{"teacher": TINY_TEACHER, "student": TINY_STUDENT}],
-            "methods": list(methods) if not isinstance(methods, dict) else methods, "seeds": list(seeds),
-            "tune": {"trials": trials}, **extra}
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Search spaces
@@ -147,11 +138,6 @@ def test_a_torn_journal_line_is_cut_and_complete_lines_stay(tmp_path):
 # Search and final runs
 
 
-def _trial_records(results: Path) -> list[dict]:
-    records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
-    return [r for r in records if r.get("eval_split") == "val"]
-
-
 def _options(results: Path) -> ExecOptions:
     return ExecOptions(results=results, device="cpu", progress=False, measure=False)
 
@@ -162,7 +148,7 @@ def test_every_method_gets_the_same_budget_and_the_best_trial_is_retrained_on_te
     plans = plan_studies(parse_tune_spec(tune_data(methods=("ce", "kd", "tfkd"), trials=3, seeds=(0,))))
     outcome = run_tune(plans, _options(results))
     assert not outcome.unfinished
-    trials = _trial_records(results)
+    trials = trial_records(results)
     per_method = {m: sum(r["method"] == m for r in trials) for m in ("ce", "kd", "tfkd")}
     assert per_method == {"ce": 3, "kd": 3, "tfkd": 3}  # equal budget, in records
     for summary in outcome.summaries:
@@ -178,7 +164,7 @@ def test_every_method_gets_the_same_budget_and_the_best_trial_is_retrained_on_te
     for plan in plans:  # the first trial of each study is the method's default configuration
         assert first[plan.name] == plan.default_params()
     again = run_tune(plans, _options(results))  # nothing left to do: no new trial, no new record
-    assert len(_trial_records(results)) == 9
+    assert len(trial_records(results)) == 9
     assert [s["trials_used"] for s in again.summaries] == [3, 3, 3]
 
 
@@ -254,12 +240,12 @@ def test_the_search_never_reads_the_test_split(tmp_path, guarded_digits, one_tor
     states = search([StudyStore(results, plan) for plan in plans], _options(results), log=lambda line: None)
     assert all(state.done for state in states)
     assert len(guarded_digits.reads) == probe_reads  # the search itself never touched the test split
-    trials = _trial_records(results)
+    trials = trial_records(results)
     assert len(trials) == 4 and all(r["teacher_top1"] is not None for r in trials if r["method"] == "kd")
     guarded_digits.armed = False
     outcome = run_tune(plans, _options(results))  # now the final runs read test, and only they do
     assert all(s["complete"] and len(s["final_run_ids"]) == 1 for s in outcome.summaries)
-    assert len(_trial_records(results)) == 4
+    assert len(trial_records(results)) == 4
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,15 +291,15 @@ def test_kdbench_tune_resumes_after_kill_9_without_recomputing_finished_trials(t
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                start_new_session=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(_trial_records(results)) < 3 and process.poll() is None:
+    while time.monotonic() < deadline and len(trial_records(results)) < 3 and process.poll() is None:
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    before = {r["run_id"]: r["created_at"] for r in _trial_records(results)}
+    before = {r["run_id"]: r["created_at"] for r in trial_records(results)}
     assert 0 < len(before) < 8, "the kill should land in the middle of the search"
     finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    after = {r["run_id"]: r["created_at"] for r in _trial_records(results)}
+    after = {r["run_id"]: r["created_at"] for r in trial_records(results)}
     assert all(after[run_id] == created for run_id, created in before.items())  # never trained again
     summaries = load_summaries(results)
     assert sorted(s["trials_used"] for s in summaries) == [4, 4]  # the studies continued to their budget
@@ -353,7 +339,7 @@ def test_two_tune_processes_on_one_store_share_the_studies_without_exceeding_the
     assert [worker.returncode for worker in workers] == [0, 0], errors
     # the one that finished first may have left the other's last trials (and so the final runs) to it
     assert subprocess.run(command, capture_output=True, env=env, timeout=600).returncode == 0
-    trials = _trial_records(results)
+    trials = trial_records(results)
     assert {m: sum(r["method"] == m for r in trials) for m in ("ce", "kd")} == {"ce": 4, "kd": 4}
     summaries = load_summaries(results)
     assert sorted(s["trials_used"] for s in summaries) == [4, 4]  # asked under a lock: never more than the budget

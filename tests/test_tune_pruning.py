@@ -24,8 +24,7 @@ from kdbench.sweep import SpecError
 from kdbench.training import Member, RunPruned
 from kdbench.tune import PruningHook, TrialRef, TuneSettings, intermediate_values, parse_tune_spec, plan_studies
 from tests.conftest import TINY_STUDENT
-from tests.test_ray import ray_cluster  # noqa: F401 - a fixture: a local Ray instance
-from tests.test_tune import _trial_records, tune_data
+from tests.helpers import trial_records, tune_data
 
 discover_methods()
 
@@ -192,7 +191,7 @@ def test_kdbench_tune_prunes_trials_that_trail_and_counts_them_against_the_budge
     spec = _prune_spec(tmp_path)
     args = ["tune", str(spec), "--prune", "--results", str(results), "--device", "cpu", "--no-progress"]
     assert main(args) == 0  # pruned trials are no failure
-    trials = sorted(_trial_records(results), key=lambda r: r["created_at"])
+    trials = sorted(trial_records(results), key=lambda r: r["created_at"])
     assert len(trials) == 3
     by_status = {r["run_id"]: r["status"] for r in trials}
     default = next(r for r in trials if r["method_params"]["shift"] == 0)
@@ -219,11 +218,11 @@ def test_kdbench_tune_prunes_trials_that_trail_and_counts_them_against_the_budge
     assert final["status"] == "ok" and final["eval_split"] == "test" and final["method_params"]["shift"] == 0
     assert "(2 pruned)" in capsys.readouterr().out
 
-    stamps = {r["run_id"]: r["created_at"] for r in _trial_records(results)}
+    stamps = {r["run_id"]: r["created_at"] for r in trial_records(results)}
     assert main(args) == 0  # again: nothing new, nothing retrained
     assert main([*args, "--retry-failed"]) == 0  # and a pruned trial is not a failure to retry
-    assert {r["run_id"]: r["created_at"] for r in _trial_records(results)} == stamps
-    assert {r["run_id"]: r["status"] for r in _trial_records(results)} == by_status
+    assert {r["run_id"]: r["created_at"] for r in trial_records(results)} == stamps
+    assert {r["run_id"]: r["status"] for r in trial_records(results)} == by_status
     assert json.loads((results / "tuning" / f"{summary['study']}.json").read_text())["trials_used"] == 3
 
 
@@ -247,14 +246,14 @@ def test_tuning_curves_take_the_best_of_complete_trials_only_and_mark_the_pruned
 
 
 @pytest.mark.slow
-def test_trials_are_pruned_in_ray_workers_too(ray_cluster, tmp_path):  # noqa: F811 - the fixture imported above
+def test_trials_are_pruned_in_ray_workers_too(ray_cluster, tmp_path):
     spec = _prune_spec(tmp_path)
     command = [sys.executable, "-m", "kdbench", "tune", spec.name, "--prune", "--results", "results", "--executor",
                "ray", "--ray-address", ray_cluster, "--num-cpus", "1", "--no-progress"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
-    trials = _trial_records(tmp_path / "results")
+    trials = trial_records(tmp_path / "results")
     assert sorted(r["status"] for r in trials) == ["ok", "pruned", "pruned"]  # the hook travelled to the workers
     assert all(len(r["history"]) == 2 for r in trials if r["status"] == "pruned")
     assert done.stderr.count("PRUNED wrong_labels") == 2
