@@ -60,18 +60,26 @@ def _hub_file(name: str, cfg: Mapping[str, Any]) -> Path:
         raise ModelError(f"the pretrained weights of {name!r} are not on timm's hub; download them and pass "
                          "--teacher-ckpt FILE with --teacher-pretrained")
     from huggingface_hub import hf_hub_download  # timm's own hub client
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     names = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HUB_FILES
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    last: BaseException | None = None
+    for client in ("huggingface_hub", "urllib3", "requests"):  # their retries and notices: kdbench says one line
+        logging.getLogger(client).setLevel(logging.ERROR)
+    why = "no weights file in its repository"
     for filename in names:
         try:
             return Path(hf_hub_download(hub_id, filename=filename))
-        except Exception as error:  # noqa: BLE001 - the hub client raises many types (no network, no such file)
-            last = error
-    first = str(last).strip().splitlines()[0] if last and str(last).strip() else type(last).__name__
-    raise ModelError(f"cannot load pretrained weights for {name!r} from timm's hub ({first[:160]}); where the hub "
-                     "is out of reach, pass the weights file: --teacher-pretrained --teacher-ckpt FILE")
+        except LocalEntryNotFoundError:  # (a subclass of the next one)
+            why = "the hub is out of reach and the weights are not in its local cache"
+            break
+        except EntryNotFoundError:
+            continue  # the next file name timm knows
+        except Exception as error:  # noqa: BLE001 - the hub client raises many types (HTTP, permissions, ...)
+            text = str(error).strip()
+            why = text.splitlines()[0][:160] if text else type(error).__name__
+            break
+    raise ModelError(f"cannot load pretrained weights for {name!r} from timm's hub ({why}); where the hub is out of "
+                     "reach, pass the weights file: --teacher-pretrained --teacher-ckpt FILE")
 
 
 @lru_cache(maxsize=32)
