@@ -96,3 +96,22 @@ def ray_cluster(one_torch_thread):
     yield context.address_info["gcs_address"]
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def done_store(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> Path:
+    """A store where `ce` and `kd` on digits are done (and the teacher cached); tests work on copies of it."""
+    from kdbench.cli import main
+    from tests.helpers import METHOD_FLAGS, run_args
+
+    results = tmp_path_factory.mktemp("done") / "results"
+    assert main(run_args(results, *METHOD_FLAGS)) == 0
+    return results
+
+
+@pytest.fixture
+def copied_store(done_store: Path, tmp_path: Path) -> Path:
+    """A copy of :func:`done_store` this test may change."""
+    results = tmp_path / "results"
+    shutil.copytree(done_store, results)
+    return results

@@ -9,9 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
-from kdbench.results import write_record
+from kdbench.cli import main
+from kdbench.results import runs_dir, write_record
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -41,6 +43,19 @@ def write_image_folder(root: Path, train_per_class: int = 8, val_per_class: int 
     return found["train"], found["val"]
 
 
+def write_class_folders(root: Path, classes: tuple[str, ...], per_class: int = 6,
+                       val_classes: tuple[str, ...] | None = None, shade: int = 0) -> Path:
+    """Solid-colour PNGs under root/train/<class>/ and root/val/<class>/ (two per class)."""
+    val = classes if val_classes is None else val_classes
+    for part, names, count in (("train", classes, per_class), ("val", val, 2)):
+        for label, name in enumerate(names):
+            (root / part / name).mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                colour = ((40 * label + shade) % 256, (17 * k + shade) % 256, 90)
+                Image.new("RGB", (10, 10), colour).save(root / part / name / f"img{k}.png")
+    return root
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tune specs and their trials
 
@@ -59,6 +74,50 @@ def trial_records(results: Path) -> list[dict]:
     """The records of a store's tuning trials (the runs evaluated on the validation split)."""
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     return [r for r in records if r.get("eval_split") == "val"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line, as the bad-input tests drive it
+
+#: the flags of a seconds-long run on the CPU
+BUDGET_FLAGS = ["--epochs", "1", "--teacher-epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+#: the tiny pair on digits
+PAIR_FLAGS = ["--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT]
+#: a teacher-free method and one with a teacher
+METHOD_FLAGS = ["--method", "ce", "--method", "kd"]
+
+
+def run_args(results: Path, *extra: str) -> list[str]:
+    """``kdbench run`` arguments of a seconds-long run of the tiny pair into ``results``, then ``extra``."""
+    return ["run", *PAIR_FLAGS, *BUDGET_FLAGS, "--results", str(results), *extra]
+
+
+def cli(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the command line in this process: its exit code, stdout and stderr."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """Exit code 2 and one error line holding every fragment: no traceback, no colour codes."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "\x1b" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def record_files(results: Path) -> dict[str, bytes]:
+    """Record file name -> its bytes, of a store (empty if it has no runs folder)."""
+    folder = runs_dir(results)
+    return {p.name: p.read_bytes() for p in folder.glob("*.json") if p.is_file()} if folder.is_dir() else {}
+
+
+def kd_record(results: Path) -> Path:
+    """The record file of the store's ``kd`` run."""
+    return next(p for p in runs_dir(results).glob("*.json") if json.loads(p.read_text())["method"] == "kd")
 
 
 # ---------------------------------------------------------------------------------------------------------------

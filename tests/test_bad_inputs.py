@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -23,63 +22,16 @@ from kdbench import results as store
 from kdbench.cli import main
 from kdbench.store import Store
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
-
-BUDGET = ["--epochs", "1", "--teacher-epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress"]
-PAIR = ["--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT]
-METHODS = ["--method", "ce", "--method", "kd"]
-
-
-def run_args(results: Path, *extra: str) -> list[str]:
-    return ["run", *PAIR, *BUDGET, "--results", str(results), *extra]
-
-
-def cli(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and "\x1b" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def record_files(results: Path) -> dict[str, bytes]:
-    folder = store.runs_dir(results)
-    return {p.name: p.read_bytes() for p in folder.glob("*.json") if p.is_file()} if folder.is_dir() else {}
-
-
-@pytest.fixture(scope="module")
-def done_store(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> Path:
-    """A store where `ce` and `kd` on digits are done (and the teacher cached); tests work on copies of it."""
-    results = tmp_path_factory.mktemp("done") / "results"
-    assert main(run_args(results, *METHODS)) == 0
-    return results
-
-
-@pytest.fixture
-def copied_store(done_store: Path, tmp_path: Path) -> Path:
-    results = tmp_path / "results"
-    shutil.copytree(done_store, results)
-    return results
-
-
-def write_image_folder(root: Path, classes: tuple[str, ...], per_class: int = 6,
-                       val_classes: tuple[str, ...] | None = None, shade: int = 0) -> Path:
-    """Solid-colour PNGs under root/train/<class>/ and root/val/<class>/ (two per class)."""
-    val = classes if val_classes is None else val_classes
-    for part, names, count in (("train", classes, per_class), ("val", val, 2)):
-        for label, name in enumerate(names):
-            (root / part / name).mkdir(parents=True, exist_ok=True)
-            for k in range(count):
-                colour = ((40 * label + shade) % 256, (17 * k + shade) % 256, 90)
-                Image.new("RGB", (10, 10), colour).save(root / part / name / f"img{k}.png")
-    return root
-
+from tests.helpers import (
+    BUDGET_FLAGS,
+    METHOD_FLAGS,
+    assert_one_line_error,
+    cli,
+    kd_record,
+    record_files,
+    run_args,
+    write_class_folders,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # One line and exit 2, before any training; nothing written
@@ -154,8 +106,8 @@ CASES: dict[str, tuple[Case, tuple[str, ...]]] = {
                          ("pickled Python objects", "never arbitrary pickles", "torch.save(model.state_dict(), path)")),
     "ckpt empty": (lambda t, r, m: run_args(r, "--method", "kd", "--teacher-ckpt", _ckpt_empty(t)), ("is empty",)),
     # 5: stores that cannot be read or written
-    "results is a file": (lambda t, r, m: run_args(_a_file(t), *METHODS), ("is not a folder",)),
-    "read-only store": (lambda t, r, m: _read_only(r, m) or run_args(r, *METHODS),
+    "results is a file": (lambda t, r, m: run_args(_a_file(t), *METHOD_FLAGS), ("is not a folder",)),
+    "read-only store": (lambda t, r, m: _read_only(r, m) or run_args(r, *METHOD_FLAGS),
                         ("cannot write the results store", "Permission denied")),
     "sweep into a file": (lambda t, r, m: ["sweep", _sweep_spec(t), "--results", _a_file(t), "--no-progress"],
                           ("is not a folder",)),
@@ -163,13 +115,13 @@ CASES: dict[str, tuple[Case, tuple[str, ...]]] = {
                                                                           "--no-progress"],
                                      ("cannot write the results store", "Permission denied")),
     # 4: an image folder that cannot make a classifier
-    "one class": (lambda t, r, m: ["run", "--dataset", "imagefolder", "--data-root", write_image_folder(t, ("cat",)),
-                                   "--method", "ce", "--student", TINY_STUDENT, *BUDGET, "--results", r],
+    "one class": (lambda t, r, m: ["run", "--dataset", "imagefolder", "--data-root", write_class_folders(t, ("cat",)),
+                                   "--method", "ce", "--student", TINY_STUDENT, *BUDGET_FLAGS, "--results", r],
                   ("one class only", "at least 2 classes")),
     "class missing from val": (
         lambda t, r, m: ["run", "--dataset", "imagefolder",
-                         "--data-root", write_image_folder(t, ("cat", "dog", "fox"), val_classes=("cat", "dog")),
-                         "--method", "ce", "--student", TINY_STUDENT, *BUDGET, "--results", r],
+                         "--data-root", write_class_folders(t, ("cat", "dog", "fox"), val_classes=("cat", "dog")),
+                         "--method", "ce", "--student", TINY_STUDENT, *BUDGET_FLAGS, "--results", r],
         ("class 'fox' has no images in", "val")),
     # 11: a folder given as a sweep spec
     "sweep spec is a folder": (lambda t, r, m: (t / "specs").mkdir() or ["sweep", t / "specs", "--results", r],
@@ -197,7 +149,7 @@ def test_bad_input_on_a_done_store_is_one_line_exit_2_and_changes_nothing(name, 
                                                                          capsys):
     if name == "record path is a folder":
         _record_dir(copied_store)
-        args = run_args(copied_store, *METHODS, "--retry-failed")
+        args = run_args(copied_store, *METHOD_FLAGS, "--retry-failed")
     else:
         args = ["report", "--results", copied_store, "--out", tmp_path / "reports", "--baseline", name.split()[-1]]
     before = record_files(copied_store)
@@ -209,10 +161,6 @@ def test_bad_input_on_a_done_store_is_one_line_exit_2_and_changes_nothing(name, 
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2, 3, 7: a record that breaks the contract is not done: moved aside with one line, trained again
-
-
-def _kd_record(results: Path) -> Path:
-    return next(p for p in store.runs_dir(results).glob("*.json") if json.loads(p.read_text())["method"] == "kd")
 
 
 def _without(*keys: str) -> Callable[[dict], str]:
@@ -232,10 +180,10 @@ CORRUPTIONS: dict[str, Callable[[dict], str]] = {
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
 def test_an_invalid_record_is_moved_aside_with_one_line_and_trained_again(kind, copied_store, capsys, recwarn):
-    path = _kd_record(copied_store)
+    path = kd_record(copied_store)
     bad = CORRUPTIONS[kind](json.loads(path.read_text()))
     path.write_text(bad)
-    code, out, err = cli(run_args(copied_store, *METHODS), capsys)
+    code, out, err = cli(run_args(copied_store, *METHOD_FLAGS), capsys)
     assert code == 0, err
     assert "2 runs: 1 to train, 1 already done" in err
     warnings = [line for line in err.splitlines() if "warning" in line.lower()]
@@ -253,7 +201,7 @@ def test_an_invalid_record_is_moved_aside_with_one_line_and_trained_again(kind, 
 def test_a_store_with_one_corrupt_record_of_each_kind_reports_the_valid_runs_and_retrains_only_the_broken(
         tmp_path, capsys, one_torch_thread):
     results = tmp_path / "results"
-    args = run_args(results, *METHODS, "--seeds", "0", "1", "2", "3")
+    args = run_args(results, *METHOD_FLAGS, "--seeds", "0", "1", "2", "3")
     assert main(args) == 0
     paths = sorted(store.runs_dir(results).glob("*.json"))
     assert len(paths) == 8
@@ -286,12 +234,12 @@ def test_a_store_with_one_corrupt_record_of_each_kind_reports_the_valid_runs_and
 
 def folder_args(root: Path, results: Path) -> list:
     return ["run", "--dataset", "imagefolder", "--data-root", root, "--image-size", "8", "--data-option", "workers=0",
-            "--method", "ce", "--student", TINY_STUDENT, *BUDGET, "--results", results]
+            "--method", "ce", "--student", TINY_STUDENT, *BUDGET_FLAGS, "--results", results]
 
 
 def test_two_image_folders_under_one_name_are_two_runs(tmp_path, capsys, one_torch_thread):
-    a = write_image_folder(tmp_path / "a", ("cat", "dog"))
-    b = write_image_folder(tmp_path / "b", ("owl", "eel", "bat"), shade=60)
+    a = write_class_folders(tmp_path / "a", ("cat", "dog"))
+    b = write_class_folders(tmp_path / "b", ("owl", "eel", "bat"), shade=60)
     results = tmp_path / "results"
     code, _, err = cli(folder_args(a, results), capsys)
     assert code == 0, err
@@ -313,7 +261,7 @@ def test_the_fingerprint_follows_the_files_and_the_engine_refuses_changed_data(t
     from kdbench.plan import make_spec
     from kdbench.scheduler import execute
 
-    root = write_image_folder(tmp_path / "data", ("cat", "dog"))
+    root = write_class_folders(tmp_path / "data", ("cat", "dog"))
     config = DataConfig("imagefolder", root=str(root))
     first = dataset_fingerprint(config)
     assert first == dataset_fingerprint(config)
@@ -382,14 +330,14 @@ def test_a_failed_run_carries_its_whole_spec_and_makes_exit_code_1(copied_store,
 
 
 def test_exit_codes_ok_and_interrupted(copied_store, capsys, monkeypatch):
-    code, _, err = cli(run_args(copied_store, *METHODS), capsys)
+    code, _, err = cli(run_args(copied_store, *METHOD_FLAGS), capsys)
     assert code == 0 and "0 to train, 2 already done" in err
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("kdbench.commands.run.schedule", interrupted)
-    code, _, err = cli(run_args(copied_store, *METHODS, "--seeds", "5"), capsys)
+    code, _, err = cli(run_args(copied_store, *METHOD_FLAGS, "--seeds", "5"), capsys)
     assert code == 130 and "interrupted" in err
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
-from tests.test_bad_inputs import BUDGET, assert_one_line_error, cli, record_files, run_args
+from tests.helpers import BUDGET_FLAGS, assert_one_line_error, cli, record_files, run_args
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3: a dataset that cannot make a classifier is refused before training, whatever its source
@@ -21,7 +21,7 @@ from tests.test_bad_inputs import BUDGET, assert_one_line_error, cli, record_fil
 def synthetic_args(results: Path, *options: str, val_fraction: str = "0.1") -> list:
     data = [item for option in options for item in ("--data-option", option)]
     return ["run", "--dataset", "synthetic", *data, "--val-fraction", val_fraction, "--method", "ce",
-            "--student", TINY_STUDENT, *BUDGET, "--results", results]
+            "--student", TINY_STUDENT, *BUDGET_FLAGS, "--results", results]
 
 
 DATA_CASES = {

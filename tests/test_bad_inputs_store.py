@@ -9,31 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from kdbench import results as store
-from kdbench.cli import main
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
-from tests.test_bad_inputs import METHODS, _kd_record, assert_one_line_error, cli, record_files, run_args
-
-
-@pytest.fixture(scope="module")
-def done_store(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> Path:
-    """A store where `ce` and `kd` on digits are done (and the teacher cached); tests work on copies of it."""
-    results = tmp_path_factory.mktemp("done") / "results"
-    assert main(run_args(results, *METHODS)) == 0
-    return results
-
-
-@pytest.fixture
-def copied_store(done_store: Path, tmp_path: Path) -> Path:
-    results = tmp_path / "results"
-    shutil.copytree(done_store, results)
-    return results
+from tests.helpers import METHOD_FLAGS, assert_one_line_error, cli, kd_record, record_files, run_args
 
 
 def _add_copy(results: Path, source: Path, run_id: str, **changes: object) -> dict:
@@ -53,7 +36,7 @@ def _leaderboard_csv(out: Path) -> pd.DataFrame:
 
 @pytest.mark.parametrize(("field", "old"), [("method_version", 0), ("protocol_version", 1)])
 def test_a_leaderboard_never_pools_versions_nor_counts_a_seed_twice(field, old, copied_store, tmp_path, capsys):
-    kd = _kd_record(copied_store)
+    kd = kd_record(copied_store)
     current = json.loads(kd.read_text())
     _add_copy(copied_store, kd, f"digits-kd-old{field[:6]}", **{field: old, "top1": current["top1"] / 4 + 1})
     out = tmp_path / "reports"
@@ -87,11 +70,11 @@ def test_a_seed_repeated_under_one_variant_counts_once():
 
 @pytest.mark.parametrize(("field", "value"), [("method_version", 0), ("lr", 0.5), ("seed", 7)])
 def test_an_edited_record_is_not_trusted_by_its_file_name(field, value, copied_store, capsys):
-    path = _kd_record(copied_store)
+    path = kd_record(copied_store)
     record = json.loads(path.read_text())
     tampered = json.dumps({**record, field: value, "top1": 99.9})
     path.write_text(tampered)
-    code, out, err = cli(run_args(copied_store, *METHODS), capsys)
+    code, out, err = cli(run_args(copied_store, *METHOD_FLAGS), capsys)
     assert code == 0, err
     assert "2 runs: 1 to train, 1 already done" in err
     warnings = [line for line in err.splitlines() if "warning" in line]
@@ -103,10 +86,10 @@ def test_an_edited_record_is_not_trusted_by_its_file_name(field, value, copied_s
 
 
 def test_a_record_written_with_other_loader_options_is_still_the_same_run(copied_store, capsys):
-    path = _kd_record(copied_store)
+    path = kd_record(copied_store)
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "data_options": {"workers": 3}}))  # how fast it loaded, not what
-    code, _, err = cli(run_args(copied_store, *METHODS), capsys)
+    code, _, err = cli(run_args(copied_store, *METHOD_FLAGS), capsys)
     assert code == 0 and "0 to train, 2 already done" in err and "warning" not in err, err
 
 
@@ -117,7 +100,7 @@ def test_a_record_written_with_other_loader_options_is_still_the_same_run(copied
 
 @pytest.mark.parametrize("field", ["weight_decay", "val_fraction", "method_version", "protocol_version", "momentum"])
 def test_a_record_with_a_string_for_a_number_is_left_out_of_the_report(field, copied_store, tmp_path, capsys):
-    path = _kd_record(copied_store)
+    path = kd_record(copied_store)
     path.write_text(json.dumps({**json.loads(path.read_text()), field: "abc"}))
     out = tmp_path / "reports"
     code, _, err = cli(["report", "--results", copied_store, "--out", out, "--format", "csv,md"], capsys)
