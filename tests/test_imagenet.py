@@ -307,3 +307,16 @@ def test_gpu_decoding_with_nvjpeg_crops_the_same_regions_as_the_pil_loader(tmp_p
     assert batches["device"].images.is_cuda
     assert torch.equal(batches["pil"].labels, batches["device"].labels.cpu())
     assert (batches["pil"].images - batches["device"].images.cpu()).abs().mean() < 0.1
+
+
+def test_a_sweep_spec_names_local_pretrained_weights_per_pair(tmp_path):
+    root = str(make_imagenet(tmp_path / "data"))
+    weights = teacher_weights(tmp_path / "teacher.pth")
+    spec_file = tmp_path / "offline.yaml"
+    spec_file.write_text(f"dataset: imagenet\nteacher_pretrained: true\nepochs: 1\nimage_size: 32\n"
+                         f"pairs:\n  - {{teacher: {TEACHER}, student: test_resnet, teacher_ckpt: {weights}}}\n"
+                         "methods: [ce, kd]\n")
+    runs = {run.method: run for run in expand_sweep(load_sweep_spec(spec_file), root)}
+    assert runs["kd"].teacher_source == "pretrained"
+    assert runs["kd"].teacher_ckpt_sha256 == pretrained.weights_sha256(weights)
+    assert runs["ce"].data_options == runs["kd"].data_options
