@@ -16,12 +16,14 @@ so the first epoch of a 20-epoch ramp has weight 1/20 and epoch 20 (``step.epoch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import io
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -508,8 +510,18 @@ def load_plugin_file(path: str | Path) -> list[str]:
         raise KDBenchError(f"cannot import plugin {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    captured = io.StringIO()  # what the file prints on stderr while it fails (argparse's usage) goes into the line
     try:
-        spec.loader.exec_module(module)
+        with contextlib.redirect_stderr(captured):
+            spec.loader.exec_module(module)
+    except SystemExit as exit_:  # sys.exit() or argparse on import: a script, not a plugin
+        sys.modules.pop(module_name, None)
+        for name in set(METHODS.names()) - before:
+            METHODS.unregister(name)
+        said = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
+        detail = f": {said[-1]}" if said else ""
+        raise KDBenchError(f"cannot import plugin {path}: it exits on import (sys.exit({exit_.code!r}){detail}); a "
+                           "plugin file registers methods and runs nothing at import (a training script?)") from None
     except Exception as err:  # noqa: BLE001 - report any failure of user code in one line
         sys.modules.pop(module_name, None)
         for name in set(METHODS.names()) - before:
@@ -521,6 +533,7 @@ def load_plugin_file(path: str | Path) -> list[str]:
                 where = f" (line {tb.tb_lineno})"
             tb = tb.tb_next
         raise KDBenchError(f"cannot import plugin {path}{where}: {type(err).__name__}: {err}") from None
+    sys.stderr.write(captured.getvalue())  # a plugin that imports fine keeps what it printed
     _loaded_files[str(file)] = module_name
     return sorted(set(METHODS.names()) - before)
 

@@ -77,7 +77,10 @@ def check_input_size(model: nn.Module, name: str, in_chans: int, image_size: int
     try:
         with torch.no_grad():
             model(torch.zeros(1, in_chans, image_size, image_size))
-    except (RuntimeError, AssertionError, ValueError) as err:
+    except (RuntimeError, AssertionError, ValueError, MemoryError) as err:
+        if isinstance(err, MemoryError | torch.cuda.OutOfMemoryError) or "allocate" in str(err):
+            raise ModelError(f"image size {image_size} is too large: one {image_size}x{image_size} input to {name!r} "
+                             "needs more memory than there is; pass a smaller --image-size") from None
         reduction = max((int(f["reduction"]) for f in getattr(model, "feature_info", []) or []), default=None)
         need = f" (its total stride is {reduction})" if reduction else ""
         raise ModelError(f"model {name!r} cannot process {image_size}x{image_size} inputs{need}; "

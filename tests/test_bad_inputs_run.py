@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
-from tests.helpers import BUDGET_FLAGS, assert_one_line_error, cli, record_files, run_args
+from tests.helpers import BUDGET_FLAGS, assert_one_line_error, cli, record_files, run_args, write_class_folders
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3: a dataset that cannot make a classifier is refused before training, whatever its source
@@ -124,3 +124,193 @@ def test_a_seed_out_of_range_is_refused_by_tune(where, value, tmp_path, capsys):
     code, _, err = cli(["tune", spec, "--results", results, "--no-progress"], capsys)
     assert code == 2 and "from 0 to 4294967295" in err and "Traceback" not in err, err
     assert not record_files(results)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8: a corrupt image read in a loader worker is its one line, not the worker's traceback
+
+
+def test_a_corrupt_image_read_in_a_loader_worker_is_one_line(tmp_path, capsys, one_torch_thread):
+    root = write_class_folders(tmp_path / "data", ("cat", "dog"))
+    (root / "train" / "cat" / "img3.png").write_bytes(b"not an image")
+    results = tmp_path / "results"
+    code, _, err = cli(["run", "--dataset", "imagefolder", "--data-root", root, "--image-size", "8",
+                        "--data-option", "workers=1", "--method", "ce", "--student", TINY_STUDENT, *BUDGET_FLAGS,
+                        "--results", results], capsys)
+    assert code in (1, 2), err
+    assert "Traceback" not in err and "Caught DataError" not in err and "worker" not in err, err
+    lines = [line for line in err.splitlines() if "img3.png" in line]
+    assert lines and all("imagefolder: cannot read" in line for line in lines), err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 9: a pretrained teacher out of the hub's reach is kdbench's one line, not the hub client's retries
+
+NOISY_HUB = """
+import logging
+import sys
+
+import huggingface_hub
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+
+def offline(repo_id, filename=None, **kwargs):
+    for attempt in range(1, 12):  # what the hub client and urllib3 log while they retry without a network
+        logging.getLogger("urllib3.connectionpool").warning("Retrying (Retry(total=%d)) after a failure", attempt)
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry %d/5].", attempt)
+    raise LocalEntryNotFoundError("cannot reach the hub and the file is not in the local cache")
+
+
+huggingface_hub.hf_hub_download = offline
+from kdbench.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_pretrained_teacher_offline_is_one_line_without_the_hub_clients_retries(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "offline.py"
+    script.write_text(NOISY_HUB)
+    results = tmp_path / "results"
+    args = ["run", "--dataset", "digits", "--teacher", "resnet18", "--teacher-pretrained", "--student", TINY_STUDENT,
+            "--method", "kd", *BUDGET_FLAGS, "--results", str(results)]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kdbench: error: ") and "resnet18" in lines[0], done.stderr
+    assert not record_files(results)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 10: a plugin's losses() that breaks the contract is told what the contract is
+
+LOSSES_PLUGIN = '''
+"""A method whose losses() returns {returns}."""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from kdbench.distiller import Distiller, register_method
+
+
+@register_method("{name}")
+class Broken(Distiller):
+    """Breaks the losses() contract."""
+
+    needs_teacher = False
+
+    @dataclass(frozen=True)
+    class Params:
+        weight: float = 1.0
+
+    def losses(self, step):
+        per_sample = F.cross_entropy(step.student_logits, step.labels, reduction="none")
+        return {returns}
+'''
+
+
+@pytest.mark.parametrize(("name", "returns", "fragment"), [
+    ("floaty", "{'loss_ce': per_sample.detach().mean().item()}", "its term 'loss_ce' is a float, not a tensor"),
+    ("persample", "{'loss_ce': per_sample}", "its term 'loss_ce' has shape (64,)"),
+    ("bare", "per_sample.mean()", "(got Tensor)"),
+])
+def test_losses_that_break_the_contract_are_told_the_contract(name, returns, fragment, tmp_path, capsys,
+                                                                method_sandbox, one_torch_thread):
+    plugin = tmp_path / f"{name}.py"
+    plugin.write_text(LOSSES_PLUGIN.format(name=name, returns=returns))
+    results = tmp_path / "results"
+    code, _, err = cli(run_args(results, "--method", name, "--plugin", plugin), capsys)
+    assert code == 1, err
+    assert "Traceback" not in err and "has no attribute" not in err and "size of tensor" not in err, err
+    failed = [line for line in err.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "must return a dict of scalar tensors" in failed[0] and fragment in failed[0], err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 11: a plugin file that exits on import (a script, not a plugin) is one line naming the file, exit 2
+
+SCRIPTS = {
+    "sys.exit(0)": "import sys\n\nsys.exit(0)\n",
+    "argparse": ("import argparse\n\nparser = argparse.ArgumentParser()\n"
+                 "parser.add_argument('--epochs', type=int, required=True)\nargs = parser.parse_args()\n"),
+}
+
+
+@pytest.mark.parametrize("kind", list(SCRIPTS))
+def test_a_plugin_that_exits_on_import_is_one_line_naming_it(kind, tmp_path, capsys, method_sandbox):
+    plugin = tmp_path / "train_script.py"
+    plugin.write_text(SCRIPTS[kind])
+    results = tmp_path / "results"
+    code, _, err = cli(run_args(results, "--method", "ce", "--plugin", plugin), capsys)
+    assert_one_line_error(code, err, "train_script.py", "exits on import")
+    assert not record_files(results)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 12: an image size too large to allocate is said to be too large
+
+
+def test_an_image_size_too_large_is_said_to_be_too_large(tmp_path, capsys):
+    results = tmp_path / "results"
+    code, _, err = cli(run_args(results, "--method", "ce", "--image-size", "100000"), capsys)
+    assert_one_line_error(code, err, "image size 100000 is too large", "smaller --image-size")
+    assert "larger" not in err
+    assert not record_files(results)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2: a member of a cohort sees inputs no other member can change
+
+VANDAL_PLUGIN = '''
+"""A method that edits the batch it is given in place, after taking its own loss."""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from kdbench.distiller import Distiller, register_method
+
+
+@register_method("vandal")
+class Vandal(Distiller):
+    """Overwrites the shared images, labels and indices (through .data, which autograd does not see)."""
+
+    needs_teacher = False
+
+    @dataclass(frozen=True)
+    class Params:
+        weight: float = 1.0
+
+    def losses(self, step):
+        loss = F.cross_entropy(step.student_logits, step.labels.clone())
+        step.images.data.mul_(0)
+        step.labels.data.fill_(0)
+        step.indices.data.fill_(0)
+        return {"loss_ce": loss}
+'''
+
+
+def test_a_member_that_edits_the_batch_in_place_changes_no_other_members_result(tmp_path, capsys, method_sandbox,
+                                                                                one_torch_thread):
+    import json
+
+    from kdbench import results as store
+
+    plugin = tmp_path / "vandal.py"
+    plugin.write_text(VANDAL_PLUGIN)
+    beside, alone = tmp_path / "beside", tmp_path / "alone"
+    code, _, err = cli(run_args(beside, "--method", "vandal", "--method", "ce", "--plugin", plugin), capsys)
+    assert code == 0, err
+    code, _, err = cli(run_args(alone, "--method", "ce"), capsys)
+    assert code == 0, err
+    ce_beside = next(r for r in store.iter_records(beside) if r["method"] == "ce")
+    ce_alone = next(r for r in store.iter_records(alone) if r["method"] == "ce")
+    assert ce_beside["cohort_size"] == 2 and ce_alone["cohort_size"] == 1
+    assert json.dumps(ce_beside["history"], default=str).count("loss") > 0
+    keys = ("top1", "top5", "nll")
+    assert {k: ce_beside[k] for k in keys} == {k: ce_alone[k] for k in keys}
+    assert [{k: v for k, v in e.items() if k != "time_s"} for e in ce_beside["history"]] == \
+        [{k: v for k, v in e.items() if k != "time_s"} for e in ce_alone["history"]]

@@ -28,6 +28,7 @@ from kdbench.plan import expand, make_plan
 from kdbench.report.console import console_leaderboard
 from kdbench.results import check_writable, records_frame
 from kdbench.scheduler import schedule
+from kdbench.store import Store
 from kdbench.teachers import read_state_dict
 from kdbench.trackers import check_trackers
 
@@ -262,10 +263,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"kdbench: error: {problem}", file=sys.stderr)
         if outcome.records:
             print(console_leaderboard(records_frame(outcome.records)))
-        if outcome.missing:  # claimed by another process on the same store, which trains them
-            given_up = " (or were given up above)" if outcome.problems else ""
-            print(f"kdbench: {len(outcome.missing)} of {len(specs)} runs are being trained by another process on "
-                  f"{options.results}{given_up} and are not in this leaderboard; run `kdbench report --results "
-                  f"{options.results}` when it finishes", file=sys.stderr)
+        with Store(options.results).claim([spec.run_id for spec in outcome.missing]) as free:
+            busy = len(outcome.missing) - len(free)  # claimed by another process on the store, which trains them
+        if busy:
+            print(f"kdbench: {busy} of {len(specs)} runs are being trained by another process on {options.results} "
+                  f"and are not in this leaderboard; run `kdbench report --results {options.results}` when it "
+                  "finishes", file=sys.stderr)
     failed = any(r["status"] == "failed" for r in outcome.records)
     return 1 if failed or outcome.problems else 0  # as a sweep: a failed run is exit code 1

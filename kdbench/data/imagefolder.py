@@ -6,7 +6,7 @@ import hashlib
 import math
 import os
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -391,6 +391,16 @@ class _EpochBatches:
         return len(self.batches)
 
 
+def _one_line_errors(loader: Iterable[Any]) -> Iterator[Any]:
+    """The loader's items; a :class:`DataError` of a worker process keeps its own line, not the worker's traceback."""
+    try:
+        yield from loader
+    except DataError as error:  # from a worker, its message is "Caught DataError in ...", a traceback, the line
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        raise DataError(lines[-1].removeprefix(f"{DataError.__module__}.DataError: ") if lines else str(error)) \
+            from None
+
+
 class FolderSplits(LabelledSplits):
     """An image folder streamed from disk; uint8 crops travel to the device and are normalised there.
 
@@ -465,7 +475,7 @@ class FolderSplits(LabelledSplits):
             self._loaders[key] = loader, sampler
         loader, sampler = self._loaders[key]
         sampler.batches = batches
-        for items in loader:
+        for items in _one_line_errors(loader):
             if self.decode == "device":
                 raw, labels, positions, seeds = items
                 paths = [self._datasets[split].samples[int(p)][0] for p in positions]

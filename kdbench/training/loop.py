@@ -130,9 +130,12 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                                           for name in ("teacher_time_s", "shared_time_s")])
             for m in active:
                 tick = tock
+                # every member but the last gets its own copy of the batch: what one edits in place, the next never
+                # sees (the teacher's outputs are copied per member too, see TeacherOutput.copy_for)
+                own = (lambda t: t) if m is active[-1] else torch.clone
                 try:
-                    m.train_step(images, batch.labels, batch.indices, out, epoch, iteration, iterations,
-                                 views={v: views[v] for v in m.method.extra_views}, phase=phase,
+                    m.train_step(own(images), own(batch.labels), own(batch.indices), out, epoch, iteration,
+                                 iterations, views={v: own(views[v]) for v in m.method.extra_views}, phase=phase,
                                  optimizer=optimizer, weight=weight)
                 except Exception as err:  # noqa: BLE001 - one member's failure must not stop the others
                     m.fail(err)

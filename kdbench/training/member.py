@@ -219,8 +219,7 @@ class Member:
                 step = self._step(images, labels, indices, teacher, views or {}, epoch, epochs, iteration,
                                   iterations, phase)
                 terms = self.method.init_losses(step) if init else self.method.losses(step)
-            if not terms:
-                raise RuntimeError(f"method {spec.method!r} returned no loss terms")
+            check_loss_terms(terms, spec.method, "init_losses" if init else "losses")
             loss = torch.stack([t.float() for t in terms.values()]).sum()
             if self.device.type == "cpu" and not distributed.enabled() and not torch.isfinite(loss):
                 values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
@@ -308,3 +307,21 @@ class Member:
     def extra_buffers_m(self) -> float:
         """Buffers the method keeps (memory banks, normalisation statistics), in millions of elements."""
         return sum(b.numel() for b in self.method.buffers()) / 1e6
+
+
+def check_loss_terms(terms: Any, method: str, hook: str = "losses") -> None:
+    """Check what a method's ``losses()`` returned against the contract: a non-empty dict of scalar tensors.
+
+    Raises:
+        RuntimeError: one line naming the method, the term and what was wrong (the run is recorded failed).
+    """
+    contract = f"method {method!r}: {hook}() must return a dict of scalar tensors, e.g. {{'loss_kd': loss}}"
+    if not isinstance(terms, dict) or not terms:
+        got = "an empty dict" if isinstance(terms, dict) else type(terms).__name__
+        raise RuntimeError(f"{contract} (got {got})")
+    for name, value in terms.items():
+        if not isinstance(value, Tensor):
+            raise RuntimeError(f"{contract}; its term {name!r} is a {type(value).__name__}, not a tensor")
+        if value.dim() != 0:
+            raise RuntimeError(f"{contract}; its term {name!r} has shape {tuple(value.shape)} (reduce it to one "
+                               "number, e.g. with .mean())")
