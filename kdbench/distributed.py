@@ -176,6 +176,15 @@ def broadcast(value: T) -> T:
     return box[0]
 
 
+def gather_objects(value: T) -> list[T]:
+    """Every rank's ``value`` (a picklable object), in rank order; ``[value]`` in a world of one."""
+    if _WORLD.size == 1:
+        return [value]
+    out: list[Any] = [None] * _WORLD.size
+    dist.all_gather_object(out, value)
+    return out
+
+
 def _bounds(n: int) -> tuple[int, int]:
     return n * _WORLD.rank // _WORLD.size, n * (_WORLD.rank + 1) // _WORLD.size
 

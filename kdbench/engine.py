@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdbench import distributed, measure
+from kdbench.artifacts import save_students
 from kdbench.config import RunSpec
 from kdbench.data import DATA_ROOT_ENV, DataConfig, Splits, dataset_fingerprint, load_dataset
 from kdbench.env import environment
@@ -32,6 +33,7 @@ from kdbench.store import Store
 from kdbench.teachers import Teacher, prepare_teacher
 from kdbench.trackers import attach_trackers, finish_trackers
 from kdbench.training import Member, classification_metrics, predict, top1, train_members
+from kdbench.training.checkpoint import Checkpoints, Resume
 
 # ---------------------------------------------------------------------------------------------------------------
 # Claims: one process trains a run at a time
@@ -132,8 +134,7 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
             try:
                 if main:
                     teacher = prepare_teacher(users[0], splits, device, Store.of(options).teachers.folder,
-                                              progress=bar,
-                                              log=options.log)
+                                              progress=bar, log=options.log)
             except Exception as err:
                 distributed.broadcast(shared_error(err))  # the others fail at once, with the same line
                 raise
@@ -142,8 +143,7 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
                 raise failure
             if not main:  # rank 0 cached it: the others read it, and never train one of their own
                 teacher = prepare_teacher(users[0], splits, device, Store.of(options).teachers.folder,
-                                              progress=bar,
-                                          log=lambda _: None, train=False)
+                                          progress=bar, log=lambda _: None, train=False)
             if options.measure:
                 teacher_costs = _teacher_costs(teacher, splits)
         members = []
@@ -169,14 +169,20 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
                 if listener is not None:
                     member.epoch_listeners.append(listener)
         cohort_id = members[0].spec.run_id
-        names = ", ".join(m.label for m in members)
+        checkpoints = Checkpoints(Store.of(options), options.checkpoint_every, options.checkpoint_minutes,
+                                  log=options.log)
+        with distributed.collective():
+            resumes = {id(m): checkpoints.restore(m) for m in members}
         steps = splits.num_batches("train", mine[0].batch_size)
-        epochs = members[0].spec.epochs + max((m.method.init_epochs for m in members), default=0)
-        total = members[0].generations * epochs * steps
         pair = f"{teacher.name if teacher else '-'} -> {', '.join(sorted({m.spec.student for m in members}))}"
         started = time.perf_counter()
-        with bar(total, f"{label} {pair} [{names}]".strip()) as update, distributed.collective():
-            train_members(members, splits, teacher.model if teacher else None, progress=update)
+        for group in _by_position(members, resumes):  # resumed members continue together from where they stand
+            names = ", ".join(m.label for m in group)
+            epochs = group[0].spec.epochs + max((m.method.init_epochs for m in group), default=0)
+            total = group[0].generations * epochs * steps
+            with bar(total, f"{label} {pair} [{names}]".strip()) as update, distributed.collective():
+                train_members(group, splits, teacher.model if teacher else None, progress=update,
+                              checkpoints=checkpoints if checkpoints.enabled else None, resume=resumes[id(group[0])])
         wall = time.perf_counter() - started
         for member in members:
             with distributed.collective():  # every rank evaluates its share
@@ -186,9 +192,24 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
                 continue
             if member.uses_teacher:
                 record.update(teacher_costs)
+            record.update(save_students(member, splits.info, options))  # before the record that names the files
             write_record(options.results, record)
+            if not options.keep_checkpoints:
+                checkpoints.remove(member.spec.run_id)
             finish_trackers(trackers[member.spec.run_id], record, options.log)
             options.log(_summary(record))
+
+
+def _by_position(members: Sequence[Member], resumes: dict[int, Resume]) -> list[list[Member]]:
+    """The members grouped by where their checkpoints left them (one group at the start when none resumed).
+
+    The members of a group share the data stream from their position on; a member added to a cohort after the
+    others were interrupted trains in a group of its own, so no member loses a finished epoch.
+    """
+    groups: dict[tuple[int, int, int, int], list[Member]] = {}
+    for member in members:
+        groups.setdefault(resumes[id(member)].position.key(), []).append(member)
+    return [groups[key] for key in sorted(groups, reverse=True)]
 
 
 def _summary(record: dict[str, Any]) -> str:

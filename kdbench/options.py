@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # annotations only: the options sit below the configuration l
     from kdbench.config import RunSpec
 
 
+#: the values of ``--save-students``: which of a run's trained students are kept beside its record
+SAVE_STUDENTS = ("none", "last", "best", "both")
+
+
 def _note_above_bars(line: str) -> None:
     """The default log: one line on stderr, above any progress bar."""
     tqdm.write(line, file=sys.stderr)
@@ -38,12 +42,20 @@ class ExecOptions:
         retry_failed: run again the runs whose record says ``failed``.
         progress: show progress bars.
         measure: measure the student's efficiency (params, MACs, latency, throughput) into each record.
+        save_students: which trained students each ``ok`` run keeps beside its record, as safetensors (one of
+            :data:`SAVE_STUDENTS`: ``last`` the weights the record's top-1 is of, ``best`` those of the best
+            validation epoch, ``both``, or ``none``); see :mod:`kdbench.artifacts`.
         log: where one-line notes and per-run summaries go.
         trackers: experiment trackers that receive each run's per-epoch history (``tensorboard``, ``mlflow``,
             ``wandb``; see :mod:`kdbench.trackers`).
         compile: run the training forward passes of students and teacher under ``torch.compile``. Like the
             device, it changes how a run executes, not what it computes, so it is not part of the run id; each
             record states it (``compile``).
+        checkpoint_every: write each run's checkpoint at the end of every this many epochs (0: never at epoch
+            ends); an interrupted run resumes from its last checkpoint (see :mod:`kdbench.training.checkpoint`).
+        checkpoint_minutes: also write one between two steps when this many minutes passed since the last (for
+            long epochs); ``None``: only at epoch ends.
+        keep_checkpoints: keep a run's checkpoint once its record is written (default: removed then).
         epoch_hook: called with each run's spec before it trains; what it returns (if not ``None``) is added to
             the run's epoch listeners and called with each history entry. A listener that raises
             :class:`~kdbench.training.RunPruned` stops its run early with status ``pruned`` (``kdbench tune``'s
@@ -61,9 +73,13 @@ class ExecOptions:
     retry_failed: bool = False
     progress: bool = True
     measure: bool = True
+    save_students: str = "last"
     log: Callable[[str], None] = field(default=_note_above_bars)
     trackers: tuple[str, ...] = ()
     compile: bool = False
+    checkpoint_every: int = 1
+    checkpoint_minutes: float | None = None
+    keep_checkpoints: bool = False
     epoch_hook: Callable[[RunSpec], Callable[[dict[str, Any]], None] | None] | None = None
 
 

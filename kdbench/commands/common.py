@@ -10,11 +10,11 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from kdbench.config import dataclass_defaults
 from kdbench.errors import ConfigError
-from kdbench.options import ExecOptions
+from kdbench.options import SAVE_STUDENTS, ExecOptions
 from kdbench.trackers import TRACKERS
 
 #: the defaults of the execution options, the one source for ``run``'s flags and a sweep spec's execution keys
@@ -84,6 +84,8 @@ def add_store_flags(parser: argparse.ArgumentParser, from_spec: bool = False) ->
 def add_execution_flags(parser: argparse.ArgumentParser, from_spec: bool = False) -> None:
     """``--device``, ``--data-root``, ``--download``, ``--no-cohort`` and ``--max-cohort``.
 
+    Also ``--compile`` and ``--save-students`` (which trained students each run keeps).
+
     Args:
         parser: the subcommand's parser.
         from_spec: the flags override a sweep spec's keys: they default to ``None`` (not given), and the spec's
@@ -106,3 +108,57 @@ def add_execution_flags(parser: argparse.ArgumentParser, from_spec: bool = False
     parser.add_argument("--compile", action="store_true", default=None if from_spec else defaults["compile"],
                         help="torch.compile the training forward passes of students and teacher (not part of the "
                              "run id; recorded)")
+    parser.add_argument("--save-students", choices=SAVE_STUDENTS, default=None if from_spec else
+                        defaults["save_students"], help="keep each ok run's trained student beside its record as "
+                        "safetensors: the last epoch's weights, the best validation epoch's, both or none; `kdbench "
+                        f"export` makes a timm folder of one (not part of the run id) (default: {where}"
+                        f"{defaults['save_students']})")
+    parser.add_argument("--checkpoint-every", type=non_negative_int, metavar="EPOCHS",
+                        default=None if from_spec else defaults["checkpoint_every"],
+                        help="write each run's checkpoint every EPOCHS epochs; an interrupted run resumes from it "
+                             f"with the record it would have had (0: not at epoch ends) (default: {where}"
+                             f"{defaults['checkpoint_every']})")
+    parser.add_argument("--checkpoint-minutes", type=positive_float, metavar="M",
+                        default=None if from_spec else defaults["checkpoint_minutes"],
+                        help="also write a checkpoint between two steps every M minutes, for long epochs "
+                             "(default: only at epoch ends)")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        default=None if from_spec else defaults["keep_checkpoints"],
+                        help="keep a run's checkpoint after its record is written (default: removed)")
+
+
+def execution_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The execution settings the command line gave, by the name of their :class:`ExecOptions` field.
+
+    A sweep's flags that were not given are ``None`` (the spec's value, else the default, applies).
+    """
+    values = {name: getattr(args, name) for name in EXEC_DEFAULTS if hasattr(args, name)}
+    if hasattr(args, "no_cohort"):
+        values["cohort"] = None if args.no_cohort is None else not args.no_cohort
+    if getattr(args, "trackers", None) is not None:
+        values["trackers"] = tuple(dict.fromkeys(args.trackers))
+    return values
+
+
+def exec_options_from(settings: dict[str, Any], args: argparse.Namespace) -> ExecOptions:
+    """The execution options of a command: its store flags, plus every setting that is an option's field."""
+    fields = {k: v for k, v in settings.items() if k in EXEC_DEFAULTS and k not in ("results", "teacher_cache")}
+    teacher_cache = args.teacher_cache.expanduser().resolve() if args.teacher_cache else None
+    return ExecOptions(**{**fields, "results": args.results.expanduser().resolve(), "teacher_cache": teacher_cache,
+                          "retry_failed": args.retry_failed, "progress": not args.no_progress})
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+    return value

@@ -16,7 +16,13 @@ from typing import Any
 
 import yaml
 
-from kdbench.commands.common import add_execution_flags, add_store_flags, key_values
+from kdbench.commands.common import (
+    add_execution_flags,
+    add_store_flags,
+    exec_options_from,
+    execution_flags,
+    key_values,
+)
 from kdbench.config import OPTIMIZERS, SCHEDULES, RunSpec, dataclass_defaults, parse_set_overrides
 from kdbench.data import DATASETS, DataConfig, describe_dataset
 from kdbench.distiller import get_method, list_methods, load_plugin_file
@@ -232,10 +238,7 @@ def exec_options(args: argparse.Namespace) -> ExecOptions:
         ConfigError: a tracker of ``--log`` whose package is missing.
     """
     check_trackers(args.trackers)
-    return ExecOptions(results=args.results, teacher_cache=args.teacher_cache, device=args.device,
-                       data_root=args.data_root, download=args.download, cohort=not args.no_cohort,
-                       max_cohort=args.max_cohort, retry_failed=args.retry_failed, progress=not args.no_progress,
-                       trackers=tuple(dict.fromkeys(args.trackers)), compile=args.compile)
+    return exec_options_from(execution_flags(args), args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench import distributed
-from kdbench.commands.common import add_execution_flags, add_store_flags
+from kdbench.commands.common import add_execution_flags, add_store_flags, exec_options_from, execution_flags
 from kdbench.config import RunSpec, build_params, method_label
 from kdbench.distiller import get_method
 from kdbench.distributed import world_from_env
@@ -158,10 +158,9 @@ class SweepSetup:
 def execution_settings(spec: SweepSpec, args: argparse.Namespace) -> dict[str, Any]:
     """The execution keys: a command-line flag wins over the spec, the spec over the defaults of ``kdbench run``."""
     settings = {key: spec.execution.get(key, EXECUTION_DEFAULTS[key]) for key in EXECUTION_KEYS}
-    flags = {"device": args.device, "data_root": args.data_root, "download": args.download,
-             "cohort": False if args.no_cohort else None, "max_cohort": args.max_cohort, "num_cpus": args.num_cpus,
-             "num_gpus": args.num_gpus, "compile": args.compile}
-    settings.update({key: value for key, value in flags.items() if value is not None})
+    flags = {**execution_flags(args), "cohort": False if args.no_cohort else None, "num_cpus": args.num_cpus,
+             "num_gpus": args.num_gpus}
+    settings.update({key: flags[key] for key in EXECUTION_KEYS if flags.get(key) is not None})
     if settings["data_root"] is not None and args.data_root is not None:
         settings["data_root"] = str(Path(args.data_root).expanduser().resolve())
     problems = ExecutionSettings(**settings).problems()
@@ -197,13 +196,7 @@ def prepare_sweep(args: argparse.Namespace) -> SweepSetup:
     if args.gpus_per_run < 1 or (args.gpus_per_run > 1 and args.executor != "ray"):
         raise ConfigError(f"--gpus-per-run must be >= 1 and needs --executor ray above 1 (got {args.gpus_per_run})")
     distributed.check_batch_sizes([run.batch_size for run in runs], args.gpus_per_run, "--gpus-per-run asks for")
-    options = ExecOptions(
-        results=args.results.expanduser().resolve(),
-        teacher_cache=args.teacher_cache.expanduser().resolve() if args.teacher_cache else None,
-        device=settings["device"], data_root=settings["data_root"], download=settings["download"],
-        cohort=settings["cohort"], max_cohort=settings["max_cohort"], retry_failed=args.retry_failed,
-        progress=not args.no_progress, trackers=tuple(dict.fromkeys(args.trackers)), compile=settings["compile"],
-    )
+    options = exec_options_from({**settings, "trackers": tuple(dict.fromkeys(args.trackers))}, args)
     return SweepSetup(spec=spec, runs=runs, options=options, executor=args.executor, num_cpus=settings["num_cpus"],
                       num_gpus=settings["num_gpus"], ray_address=args.ray_address, gpus_per_run=args.gpus_per_run)
 

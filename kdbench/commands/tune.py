@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kdbench.commands.common import add_execution_flags, add_store_flags, positive_int
+from kdbench.commands.common import add_execution_flags, add_store_flags, exec_options_from, positive_int
 from kdbench.errors import ConfigError
 from kdbench.executors import EXECUTORS
 from kdbench.sweep import EXECUTION_DEFAULTS
@@ -57,7 +57,6 @@ def _setup(spec: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from kdbench.commands.sweep import execution_settings
     from kdbench.env import resolve_device
     from kdbench.executors import import_ray
-    from kdbench.options import ExecOptions
     from kdbench.sweep import check_sweep_data
 
     settings = execution_settings(spec.sweep, args)
@@ -66,13 +65,7 @@ def _setup(spec: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         import_ray()
     else:
         resolve_device(settings["device"])
-    options = ExecOptions(
-        results=args.results.expanduser().resolve(),
-        teacher_cache=args.teacher_cache.expanduser().resolve() if args.teacher_cache else None,
-        device=settings["device"], data_root=settings["data_root"], download=settings["download"],
-        cohort=settings["cohort"], max_cohort=settings["max_cohort"], retry_failed=args.retry_failed,
-        progress=not args.no_progress, compile=settings["compile"],
-    )
+    options = exec_options_from(settings, args)
     return options, settings
 
 

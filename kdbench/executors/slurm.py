@@ -16,7 +16,7 @@ from kdbench.executors.base import (
     register_executor,
     trained_teacher_user,
 )
-from kdbench.executors.tasks import _one_line, report_result, run_cohort_task, train_teacher_task, worker_fields
+from kdbench.executors.tasks import RequeueableCohort, _one_line, report_result, train_teacher_task, worker_fields
 from kdbench.store import Store
 from kdbench.teachers import teacher_cached, teacher_key
 
@@ -42,7 +42,8 @@ SLURM_TIMEOUT_ENV = "KDBENCH_SLURM_TIMEOUT_MIN"
 class SlurmExecutor(Executor):
     """Each teacher to train and each cohort is one Slurm job, submitted through submitit.
 
-    A job runs the same tasks as the Ray executor (:func:`train_teacher_task`, then :func:`run_cohort_task`), so a
+    A job runs the same tasks as the Ray executor (:func:`train_teacher_task`, then :func:`run_cohort_task`, as a
+    :class:`RequeueableCohort` that submitit requeues when Slurm preempts it or its time runs out), so a
     run is claimed with an OS file lock in the results store and its record written atomically: jobs that die or
     time out leave no record, and a rerun trains what is missing. The teachers' jobs finish before the cohorts'
     jobs are submitted. Each job asks for ``--num-cpus`` CPUs and ``--num-gpus`` GPUs (rounded up). The results
@@ -82,7 +83,8 @@ class SlurmExecutor(Executor):
                 outcome.give_up(cohort, None)
                 continue
             label = f"[{number}/{len(job.cohorts)}]"
-            handles.append((executor.submit(run_cohort_task, cohort, fields, plugins, job.num_gpus, label), cohort))
+            handles.append((executor.submit(RequeueableCohort(), cohort, fields, plugins, job.num_gpus, label),
+                            cohort))
         for handle, cohort in handles:
             self._collect(handle, cohort, bar, outcome)
         return outcome

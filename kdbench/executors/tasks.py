@@ -111,3 +111,20 @@ def run_cohort_task(cohort: list[RunSpec], fields: dict[str, Any], plugins: Sequ
     return {"kind": "cohort", "finished": finished, "log": lines, "error": error}
 
 
+class RequeueableCohort:
+    """A cohort job that Slurm may preempt or time out: :func:`run_cohort_task` that submitit can requeue.
+
+    submitit's checkpointing support calls :meth:`checkpoint` when the job receives the preemption (or time-limit)
+    signal and requeues the returned submission; the requeued job runs the same cohort again, and each run goes on
+    from its last checkpoint in the results store (see :mod:`kdbench.training.checkpoint`).
+    """
+
+    def __call__(self, *args: Any) -> dict[str, Any]:
+        """Run the cohort (:func:`run_cohort_task`'s arguments)."""
+        return run_cohort_task(*args)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """The submission submitit requeues: this job again, with the same arguments."""
+        from submitit.helpers import DelayedSubmission  # the slurm executor's optional dependency
+
+        return DelayedSubmission(self, *args, **kwargs)

@@ -26,7 +26,7 @@ from kdbench.config import (
 from kdbench.data import DATASETS
 from kdbench.errors import ConfigError, KDBenchError
 from kdbench.models import check_model_name
-from kdbench.options import ExecOptions, Resources
+from kdbench.options import SAVE_STUDENTS, ExecOptions, Resources
 from kdbench.teachers import read_state_dict
 
 #: checks one value of a key: ``(where, value) -> one-line problem or None`` (``where`` names the key)
@@ -133,6 +133,15 @@ def readable_checkpoint(where: str, path: str | None) -> str | None:
     except KDBenchError as err:
         return f"{where}: {err}"
     return None
+
+
+def one_of(choices: Sequence[str]) -> ValueCheck:
+    """A check that a value is one of ``choices``."""
+
+    def check(where: str, value: Any) -> str | None:
+        return None if value in choices else f"{where} must be one of {', '.join(choices)} (got {value!r})"
+
+    return check
 
 
 def seed_list(where: str, seeds: Sequence[int]) -> str | None:
@@ -263,6 +272,11 @@ class ExecutionSettings:
         num_cpus: CPUs per Ray task.
         num_gpus: GPUs per Ray task.
         compile: ``torch.compile`` the training forward passes (recorded, not part of the run id).
+        save_students: which trained students each run keeps beside its record (``none``, ``last``, ``best``,
+            ``both``; see :mod:`kdbench.artifacts`).
+        checkpoint_every: write each run's checkpoint every this many epochs (0: not at epoch ends).
+        checkpoint_minutes: also write one between steps every this many minutes (long epochs).
+        keep_checkpoints: keep a run's checkpoint after its record is written.
     """
 
     device: str = _EXEC_DEFAULTS["device"]
@@ -273,6 +287,10 @@ class ExecutionSettings:
     num_cpus: float = field(default=_EXEC_DEFAULTS["num_cpus"], metadata=valid(gt=0))
     num_gpus: float = field(default=_EXEC_DEFAULTS["num_gpus"], metadata=valid(ge=0))
     compile: bool = _EXEC_DEFAULTS["compile"]
+    save_students: str = field(default=_EXEC_DEFAULTS["save_students"], metadata=spec_key(check=one_of(SAVE_STUDENTS)))
+    checkpoint_every: int = field(default=_EXEC_DEFAULTS["checkpoint_every"], metadata=valid(ge=0))
+    checkpoint_minutes: float | None = field(default=_EXEC_DEFAULTS["checkpoint_minutes"], metadata=valid(gt=0))
+    keep_checkpoints: bool = _EXEC_DEFAULTS["keep_checkpoints"]
 
     def problems(self) -> list[str]:
         """One line per setting out of its range."""

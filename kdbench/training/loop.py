@@ -11,6 +11,7 @@ from torch import nn
 
 from kdbench import distributed
 from kdbench.data import Batch, Splits
+from kdbench.training.checkpoint import START, Checkpoints, Position, Resume
 from kdbench.training.evaluation import predict, to_memory_format, top1
 from kdbench.training.forward import teacher_outputs
 from kdbench.training.member import Member
@@ -21,21 +22,25 @@ ProgressHook = Callable[[int], None]
 
 
 def train_members(members: Sequence[Member], splits: Splits, teacher: nn.Module | None, *,
-                  progress: ProgressHook | None = None) -> None:
+                  progress: ProgressHook | None = None, checkpoints: Checkpoints | None = None,
+                  resume: Resume | None = None) -> None:
     """Train every member for its budget on one shared data stream.
 
     All members share the dataset, seed, batch size and epochs (see :func:`kdbench.config.cohort_key`); each
     batch is drawn and augmented once (and each extra view any member asked for made once), the teacher runs once
     on it (logits plus the union of the stages and the embedding any member asked for), and each active member
     takes its own step. A member whose loss turns non-finite, or whose method raises, is marked failed and the
-    others go on. A member whose method has an initialisation phase runs it first, alone, on a data stream of its
-    own (so the shared stream, and the other members' results, do not depend on it).
+    others go on. Members whose methods have an initialisation phase run it first, together, on a data stream of
+    its own (so the shared stream, and the other members' results, do not depend on it): see :func:`_init_phase`.
 
     Args:
         members: the cohort; members with several generations must train alone.
         splits: the dataset.
         teacher: the teacher in eval mode, or ``None`` when no member needs one.
         progress: called with the number of steps done, for a progress bar.
+        checkpoints: writes the members' checkpoints as they train (``None``: none).
+        resume: where the members stand, restored from their checkpoints (they all stand at the same position);
+            ``None``: at the start.
     """
     if not members:
         return
@@ -45,15 +50,18 @@ def train_members(members: Sequence[Member], splits: Splits, teacher: nn.Module 
         raise ValueError("a member with several generations trains alone")
     eval_batch_size = max(256, first.batch_size)
     iterations = splits.num_batches("train", first.batch_size)
+    resume = resume or Resume(START)
     with host_rngs_preserved():
-        for generation in range(generations):
-            if generation:
+        for generation in range(resume.position.generation, generations):
+            if generation > resume.position.generation:  # a restored member stands in its generation already
                 members[0].next_generation()
-            for member in members:
-                if member.active and member.method.init_epochs > 0:
-                    _init_phase(member, splits, teacher, eval_batch_size, iterations, progress)
+            here = resume if generation == resume.position.generation else Resume(Position(generation))
+            if here.position.phase == "init":
+                _init_phase([m for m in members if m.active and m.method.init_epochs > 0], splits, teacher,
+                            eval_batch_size, iterations, progress, checkpoints, here, cohort=members)
+                here = Resume(Position(generation, "train"))
             _train_epochs([m for m in members if m.active], splits, teacher, first.seed, first.epochs, iterations,
-                          eval_batch_size, progress, phase="train")
+                          eval_batch_size, progress, phase="train", checkpoints=checkpoints, resume=here)
             if generations > 1 and members[0].active:
                 pred = predict(members[0].student, splits, first.eval_split, eval_batch_size, amp=first.amp,
                                channels_last=first.channels_last)
@@ -63,24 +71,50 @@ def train_members(members: Sequence[Member], splits: Splits, teacher: nn.Module 
 INIT_STREAM = "init"
 
 
-def _init_phase(member: Member, splits: Splits, teacher: nn.Module | None, eval_batch_size: int,
-                iterations: int, progress: ProgressHook | None) -> None:
-    """Run ``member``'s initialisation phase alone, on a data stream seeded apart from the shared one."""
-    try:
-        optimizer = member.init_optimizer()
-    except Exception as err:  # noqa: BLE001 - a method's failure is its run's failure
-        member.fail(err)
+def _init_phase(members: Sequence[Member], splits: Splits, teacher: nn.Module | None, eval_batch_size: int,
+                iterations: int, progress: ProgressHook | None, checkpoints: Checkpoints | None,
+                resume: Resume, cohort: Sequence[Member] = ()) -> None:
+    """Run the members' initialisation phases together, on a data stream seeded apart from the shared one.
+
+    The stream is seeded by the run seed alone, which the members of a cohort share, so every member draws the
+    same batches as it would alone, and one teacher pass per batch serves them all. Each member trains its own
+    ``init_epochs`` with its own optimiser over its ``init_parameters``, and drops out when they are done; its
+    record is the one it would have trained alone.
+    """
+    optimizers = checkpoints.init_optimizers if checkpoints is not None else {}  # restored ones are there
+    for member in members:
+        try:
+            if id(member) not in optimizers:
+                optimizers[id(member)] = member.init_optimizer()
+        except Exception as err:  # noqa: BLE001 - a method's failure is its run's failure
+            member.fail(err)
+    members = [m for m in members if m.active]
+    if not members:
         return
-    _train_epochs([member], splits, teacher, view_seed(member.spec.seed, INIT_STREAM), member.method.init_epochs,
-                  iterations, eval_batch_size, progress, phase="init", optimizer=optimizer)
-    if member.active:
-        member.end_init_phase()
+    budgets = {id(m): m.method.init_epochs for m in members}
+    _train_epochs(members, splits, teacher, view_seed(members[0].spec.seed, INIT_STREAM), max(budgets.values()),
+                  iterations, eval_batch_size, progress, phase="init", optimizers=optimizers, budgets=budgets,
+                  checkpoints=checkpoints, resume=resume, cohort=cohort)
+    optimizers.clear()  # the main phase's checkpoints hold none
+    for member in members:
+        if member.active:
+            member.end_init_phase()
 
 
 def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module | None, seed: int, epochs: int,
                   iterations: int, eval_batch_size: int, progress: ProgressHook | None, *, phase: str,
-                  optimizer: torch.optim.Optimizer | None = None) -> None:
-    """``epochs`` epochs of the members on one data stream seeded ``seed`` (the shared loop of both phases)."""
+                  optimizers: dict[int, torch.optim.Optimizer] | None = None,
+                  budgets: dict[int, int] | None = None, checkpoints: Checkpoints | None = None,
+                  resume: Resume | None = None, cohort: Sequence[Member] = ()) -> None:
+    """``epochs`` epochs of the members on one data stream seeded ``seed`` (the shared loop of both phases).
+
+    ``optimizers`` maps a member's ``id`` to the optimiser of its steps (default: its own), ``budgets`` to the
+    epochs it trains (default: all ``epochs``); a member whose budget is spent takes no more steps. From a
+    ``resume`` position the stream's generators are set to their saved states, and the steps of the epoch in
+    progress that were done already are drawn again (so the stream stays the same) but not trained. Checkpoints
+    are written for the whole ``cohort`` (default: ``members``), so that members waiting for the next phase
+    resume with the others.
+    """
     if not members:
         return
     first = members[0].spec
@@ -92,23 +126,44 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
     for name in view_names:
         view_generators[name] = torch.Generator(device=device)
         view_generators[name].manual_seed(distributed.rank_seed(view_seed(seed, name)))
+    position = (resume or Resume(START)).position
+    generation = members[0].generation
+    if resume is not None and resume.data_state is not None:
+        generator.set_state(resume.data_state)
+        for name, state in (resume.view_states or {}).items():
+            if name in view_generators:
+                view_generators[name].set_state(state)
+    if progress is not None and position.epoch * iterations + position.step:
+        progress(position.epoch * iterations + position.step)
     clock = StepClock(device)
     num_train = int(splits.info.sizes.get("train", 0))
-    for epoch in range(epochs):
-        shared_before = {id(m): m.shared_time_s + m.own_time_s for m in members}
+    optimizers = optimizers if optimizers is not None else {}
+
+    def save(epoch: int, step: int, data_state: torch.Tensor) -> None:
+        assert checkpoints is not None
+        checkpoints.save(cohort or members, Resume(Position(generation, phase, epoch, step), data_state,
+                                         {n: g.get_state() for n, g in view_generators.items()}))
+
+    for epoch in range(position.epoch, epochs):
+        in_epoch = [m for m in members if budgets is None or epoch < budgets[id(m)]]
+        shared_before = {id(m): m.shared_time_s + m.own_time_s for m in in_epoch}
+        epoch_start = generator.get_state()
         batches = splits.train_batches(first.batch_size, generator)
+        done = position.step if epoch == position.epoch else 0
         for iteration in range(iterations):
             tick = clock.mark()
             try:
                 batch = next(batches)
             except StopIteration:
                 break
+            if iteration < done:  # trained before the interruption: drawn again, not trained
+                continue
             if not splits.shards_train_batches:
                 batch = Batch(*distributed.shard(batch.images, batch.labels, batch.indices))
             # under torchrun, this rank's share of the global batch (the epoch's last batch may be short)
             whole = min(first.batch_size, num_train - iteration * first.batch_size)
             weight = distributed.share_weight(len(batch.labels), whole)
-            active = [m for m in members if m.active]
+            active = [m for m in in_epoch if m.active]
             if not active:
                 clock.settle()
                 return
@@ -136,7 +191,7 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                 try:
                     m.train_step(own(images), own(batch.labels), own(batch.indices), out, epoch, iteration,
                                  iterations, views={v: own(views[v]) for v in m.method.extra_views}, phase=phase,
-                                 optimizer=optimizer, weight=weight)
+                                 optimizer=optimizers.get(id(m)), weight=weight)
                 except Exception as err:  # noqa: BLE001 - one member's failure must not stop the others
                     m.fail(err)
                 tock = clock.mark()
@@ -144,8 +199,12 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                 m.samples += len(batch.labels)
             if progress is not None:
                 progress(1)
+            if (checkpoints is not None and checkpoints.every_minutes and iteration % 16 == 15
+                    and iteration + 1 < iterations
+                    and distributed.broadcast(checkpoints.due_between_steps())):  # every rank decides alike
+                save(epoch, iteration + 1, epoch_start)
         clock.settle()
-        for m in members:
+        for m in in_epoch:
             if not m.active:
                 continue
             try:
@@ -153,6 +212,8 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                 m.end_epoch(epoch, splits, eval_batch_size, spent, phase=phase)
             except Exception as err:  # noqa: BLE001 - as above
                 m.fail(err)
+        if checkpoints is not None and checkpoints.due_at_epoch_end(epoch + 1, last=epoch + 1 == epochs):
+            save(epoch + 1, 0, generator.get_state())
 
 
 class StepClock:

@@ -94,6 +94,8 @@ class Member:
         self.best_val: float | None = None
         self.best_val_epoch: int | None = None
         self.best_state: dict[str, Tensor] | None = None
+        #: the frozen previous generation (a method that trains several generations distils from it)
+        self.previous_student: nn.Module | None = None
         self.student: nn.Module
         self.method: Distiller
         self.optimizer: torch.optim.Optimizer
@@ -135,6 +137,7 @@ class Member:
     def next_generation(self) -> None:
         """Freeze the trained student as the next generation's teacher and start a fresh student."""
         previous = self.student.eval().requires_grad_(False)
+        self.previous_student = previous
         self.generation += 1
         with host_rngs_preserved(), self.rng.active():
             self._build(previous=previous)
@@ -209,7 +212,7 @@ class Member:
         spec = self.spec
         init = phase == "init"
         optimizer = optimizer if optimizer is not None else self.optimizer
-        lr = spec.lr if init else learning_rate(spec, epoch + iteration / iterations)
+        lr = self.init_lr() if init else learning_rate(spec, epoch + iteration / iterations)
         set_learning_rate(optimizer, lr)
         ensure_mode(self.student, not init or self._init_trains_student)
         ensure_mode(self.method, True)
@@ -249,6 +252,11 @@ class Member:
 
     _init_trains_student = True
 
+    def init_lr(self) -> float:
+        """The initialisation phase's constant learning rate: the method's ``init_lr``, else the run's."""
+        lr = getattr(self.method, "init_lr", None)
+        return self.spec.lr if lr is None else lr
+
     def end_init_phase(self) -> None:
         """Drop the gradients the initialisation phase left, before the main training starts."""
         for param in [*self.student.parameters(), *self.method.parameters()]:
@@ -279,7 +287,7 @@ class Member:
             raise NonFiniteLoss(f"non-finite loss in {where} {epoch + 1}")
         steps = max(1, stats.steps)
         entry: dict[str, Any] = {"phase": phase, "epoch": epoch + 1,
-                                 "lr": self.spec.lr if init else learning_rate(self.spec, epoch)}
+                                 "lr": self.init_lr() if init else learning_rate(self.spec, epoch)}
         if self.generations > 1:
             entry["generation"] = self.generation
         entry.update({k: v / steps for k, v in sorted(sums.items())})

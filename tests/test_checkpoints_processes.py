@@ -1,0 +1,149 @@
+"""Checkpoints across real process deaths: SIGKILL at random moments, and a Slurm job preempted and requeued.
+
+The in-process interruption tests (``tests/test_checkpoints.py``) choose their points exactly; these kill real
+processes wherever they happen to be (a step, the validation, a checkpoint being written, the record being
+written), several times over, and then let the run finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdbench.store import Store
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
+
+ARGS = ["run", "--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT, "--method", "kd",
+        "--method", "ab", "--method", "crd", "--set", "ab.init_epochs=1", "--epochs", "3", "--teacher-epochs", "1",
+        "--batch-size", "32", "--device", "cpu", "--no-progress", "--checkpoint-minutes", "0.0001"]
+MACHINE = {"hostname", "device_name", "python_version"}
+
+
+def kdbench(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "kdbench", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def records(results: Path) -> dict[str, dict]:
+    out = {}
+    for path in Store(results).record_paths():
+        record = json.loads(path.read_text())
+        out[record["run_id"]] = {k: v for k, v in strip_timing(record).items() if k not in MACHINE}
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_records(tmp_path):
+    teachers = tmp_path / "teachers"
+    reference = kdbench(*ARGS, "--results", str(tmp_path / "reference"), "--teacher-cache", str(teachers))
+    out, err = reference.communicate(timeout=1500)
+    assert reference.returncode == 0, err[-2000:]
+    expected = records(tmp_path / "reference")
+    assert len(expected) == 3
+
+    results = tmp_path / "results"
+    store = Store(results)
+    chance = random.Random(20261206)
+    kills = 0
+    for _ in range(4):
+        proc = kdbench(*ARGS, "--results", str(results), "--teacher-cache", str(teachers))
+        started = time.monotonic()
+        while proc.poll() is None and not list(store.checkpoints_dir.glob("*.pt")):
+            if time.monotonic() - started > 600:
+                break
+            time.sleep(0.2)
+        time.sleep(chance.uniform(0.5, 6.0))  # somewhere after the first checkpoint
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+    assert kills >= 2  # the runs did not all finish before being killed
+    final = kdbench(*ARGS, "--results", str(results), "--teacher-cache", str(teachers))
+    out, err = final.communicate(timeout=1500)
+    assert final.returncode == 0, err[-2000:]
+    assert records(results) == expected
+    assert not list(store.checkpoints_dir.glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoints(tmp_path):
+    submitit = pytest.importorskip("submitit")
+    from kdbench.executors.tasks import RequeueableCohort, worker_fields
+    from kdbench.options import ExecOptions
+    from kdbench.plan import expand
+    from kdbench.scheduler import execute
+
+    specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={"kd": {}, "crd": {}},
+                   seeds=[0], epochs=3, teacher_epochs=1, batch_size=32, lr=0.05)
+    teachers = tmp_path / "teachers"
+
+    def options(results: Path) -> ExecOptions:
+        return ExecOptions(results=results, teacher_cache=teachers, device="cpu", progress=False, measure=False,
+                           log=lambda line: None)
+
+    expected = {r["run_id"]: {k: v for k, v in strip_timing(r).items() if k not in MACHINE}
+                for r in execute(specs, options(tmp_path / "reference"))}
+    results = tmp_path / "results"
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="local")
+    executor.update_parameters(timeout_min=30)
+    job = executor.submit(RequeueableCohort(), specs, worker_fields(options(results)), [], 0.0, "[1/1]")
+    store = Store(results)
+    started = time.monotonic()
+    while not list(store.checkpoints_dir.glob("*.pt")) and time.monotonic() - started < 900:
+        assert not job.done(), job.stderr()
+        time.sleep(0.2)
+    job._interrupt()  # the signal Slurm sends before preempting a job (submitit's own test hook)
+    result = job.result()
+    assert result["error"] is None and sorted(result["finished"]) == sorted(expected)
+    log = (job.stderr() or "") + (job.stdout() or "")
+    assert "Requeued" in log or "requeue" in log.lower(), log[-2000:]
+    assert records(results) == expected
+
+
+@pytest.mark.slow
+def test_a_torchrun_cohort_killed_mid_run_resumes_from_rank_0s_checkpoint(tmp_path):
+    from kdbench import distributed
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", distributed.TIMEOUT_ENV: "300"}
+    teachers = tmp_path / "teachers"
+    args = ["run", "--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT, "--method", "kd",
+            "--method", "crd", "--epochs", "3", "--teacher-epochs", "1", "--batch-size", "32", "--device", "cpu",
+            "--no-progress", "--teacher-cache", str(teachers)]
+
+    def launch(results: Path) -> subprocess.Popen:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                   "kdbench", *args, "--results", str(results)]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+
+    reference = launch(tmp_path / "reference")
+    _, err = reference.communicate(timeout=1200)
+    assert reference.returncode == 0, err[-2000:]
+    expected = records(tmp_path / "reference")
+
+    results = tmp_path / "results"
+    store = Store(results)
+    first = launch(results)
+    started = time.monotonic()
+    while first.poll() is None and not list(store.checkpoints_dir.glob("*.pt")) and time.monotonic() - started < 900:
+        time.sleep(0.2)
+    assert first.poll() is None, "the runs finished before a checkpoint could be interrupted"
+    os.killpg(first.pid, signal.SIGKILL)  # torchrun and both ranks
+    first.communicate(timeout=60)
+    assert not store.runs_dir.exists() or not list(store.record_paths())
+    second = launch(results)
+    _, err = second.communicate(timeout=1200)
+    assert second.returncode == 0, err[-2000:]
+    got = records(results)
+    for rec in (*got.values(), *expected.values()):
+        rec.pop("world_size", None)
+    assert got == expected
