@@ -273,11 +273,12 @@ def test_run_and_sweep_retrain_only_the_bumped_method(tmp_path, monkeypatch, cap
     assert "1 to train" in text and "1 already done" in text
 
 
-def test_report_warns_when_a_table_mixes_versions_of_a_method():
+def test_report_leaves_out_older_versions_of_a_method_and_says_so():
     frame = load_frame([{"method": "kd", "method_version": 1}, {"method": "kd", "method_version": 2},
                         {"method": "ce", "method_version": 1}, {"method": "ce", "method_version": 1}])
     lines = version_warnings(frame)
-    assert len(lines) == 1 and "'kd'" in lines[0] and "1, 2" in lines[0]
+    assert len(lines) == 1 and "left out 1 run of 'kd' from method version 1" in lines[0]
+    assert "newest is 2" in lines[0] and "never pooled" in lines[0]
     assert version_warnings(frame[frame.method_version == 1]) == []
 
 
