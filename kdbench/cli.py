@@ -17,7 +17,7 @@ from kdbench.commands.common import OneLineParser
 from kdbench.errors import ConfigError, KDBenchError
 
 #: commands that train nothing: under torchrun they would run once per process, so they refuse
-SINGLE_PROCESS = ("list", "bench", "report")
+SINGLE_PROCESS = ("list", "bench", "report", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

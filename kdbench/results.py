@@ -91,6 +91,8 @@ OPTIONAL_FIELDS = {
     "momentum": _NUMBER, "weight_decay": _NUMBER, "lr_decay": _NUMBER, "val_fraction": _NUMBER,
     "teacher_lr": _NUMBER, "teacher_weight_decay": _NUMBER, "method_version": _INTEGER, "protocol_version": _INTEGER,
     "schedule": _TEXT, "milestones": _LIST, "data_fingerprint": _TEXT,
+    # the SHA-256 of the students saved beside the record (kdbench.artifacts; null when not saved)
+    "student_last_sha256": _TEXT, "student_best_sha256": _TEXT,
 }
 
 

@@ -16,6 +16,6 @@ if TINY_DEIT not in timm.list_models():
 
     @register_model
     def test_deit_distilled(pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
-        """A two-block distilled DeiT for seconds-long tests (no pretrained weights)."""
+        """A two-block distilled DeiT for seconds-long tests (weights only from a file: pretrained_cfg_overlay)."""
         args = {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, **kwargs}
-        return timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **args)
+        return timm.create_model("deit_tiny_distilled_patch16_224", pretrained=pretrained, **args)

@@ -7,8 +7,8 @@ default to the function that runs it (it returns the exit code). :data:`COMMANDS
 
 from __future__ import annotations
 
-from kdbench.commands import bench, report, run, sweep, tune
+from kdbench.commands import bench, export, report, run, sweep, tune
 from kdbench.commands import list as list_command
 
 #: the command modules, in the order ``kdbench --help`` lists them
-COMMANDS = (run, list_command, bench, report, sweep, tune)
+COMMANDS = (run, list_command, bench, report, sweep, tune, export)
