@@ -125,8 +125,8 @@ def test_the_record_contract_accepts_a_pruned_record_and_rejects_an_unknown_stat
 def test_a_pruned_run_is_finished_even_when_failed_runs_are_retried(tmp_path):
     plan = plan_studies(parse_tune_spec(prune_data()))[0]
     specs = [plan.run_spec(plan.default_params(), seed, "val") for seed in (0, 1)]
-    write_record(tmp_path, {**_record("pruned", history=[]), "run_id": specs[0].run_id})
-    write_record(tmp_path, {**_record("failed", error="x"), "run_id": specs[1].run_id})
+    write_record(tmp_path, {**_record("pruned", history=[]), **specs[0].as_dict(), "run_id": specs[0].run_id})
+    write_record(tmp_path, {**_record("failed", error="x"), **specs[1].as_dict(), "run_id": specs[1].run_id})
     retry = ExecOptions(results=tmp_path, retry_failed=True)
     plan_retry = make_plan(specs, retry)
     assert [s.run_id for s in plan_retry.done] == [specs[0].run_id]
