@@ -215,6 +215,12 @@ class Step:
             DeiT returns the class-token and the distillation-token logits); ``(student_logits,)`` otherwise.
         views: extra view name -> :class:`View`, for the names in the method's ``extra_views``.
         phase: ``"train"``, or ``"init"`` in the initialisation phase.
+        student_final_map: the student's final features before pooling as an NCHW map (a ViT's patch tokens on
+            their grid), with gradient; ``None`` unless the method set ``final_maps = True``.
+        teacher_final_map: the teacher's, from the cohort's shared teacher pass; ``None`` unless asked for.
+        student_classifier: the student's live classifier (timm's ``get_classifier()``, one ``nn.Linear`` over
+            the pooled final map; its weight and bias have gradient); ``None`` unless ``classifiers = True``.
+        teacher_classifier: a frozen copy of the teacher's classifier; ``None`` unless asked for.
     """
 
     images: Tensor
@@ -233,6 +239,10 @@ class Step:
     student_heads: tuple[Tensor, ...] = ()
     views: dict[str, View] = field(default_factory=dict)
     phase: str = "train"
+    student_final_map: Tensor | None = None
+    teacher_final_map: Tensor | None = None
+    student_classifier: nn.Linear | None = None
+    teacher_classifier: nn.Linear | None = None
 
     @property
     def progress(self) -> float:
@@ -258,6 +268,9 @@ class Distiller(nn.Module):
 
     - ``student_stages`` / ``teacher_stages``: the stage indices whose maps they read;
     - ``embeddings = True``: the pre-logits embeddings of student and teacher;
+    - ``final_maps = True``: the final feature maps before pooling of student and teacher;
+    - ``classifiers = True``: the student's live classifier and a frozen copy of the teacher's (each model's
+      classifier must be one ``nn.Linear`` over its pooled final map, else the run fails in one line);
     - ``extra_views``: names of extra augmented views of each batch (see :data:`VIEW_AUGMENTATIONS` in
       :mod:`kdbench.training`; e.g. ``("strong",)``), each run through the student and, once per cohort, the
       teacher;
@@ -309,6 +322,8 @@ class Distiller(nn.Module):
         self.teacher_stages: tuple[int, ...] = ()
         self.eval_student_stages: tuple[int, ...] = ()
         self.embeddings: bool = False
+        self.final_maps: bool = False
+        self.classifiers: bool = False
         self.extra_views: tuple[str, ...] = ()
         self.init_epochs: int = 0
         self.pairs: tuple[tuple[int, int], ...] = ()

@@ -152,7 +152,8 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
                 with distributed.collective():  # every rank starts from rank 0's initial weights
                     members.append(Member(spec, splits.info, teacher.info if teacher else None, device,
                                           teacher_top1=teacher.top1_on(spec.eval_split) if teacher else None,
-                                          train_labels=splits.labels("train")))
+                                          train_labels=splits.labels("train"),
+                                          teacher_model=teacher.model if teacher else None))
             except Exception as err:  # noqa: BLE001 - a run that cannot start is recorded as failed
                 if main:
                     _write_failed(spec, options, device, err, cohort_size=len(mine), splits=splits)

@@ -158,27 +158,30 @@ class Outputs:
             in training mode.
         features: stage index -> NCHW map, for the stages asked for.
         embedding: the pre-logits embedding ``forward_head(x, pre_logits=True)`` as (B, D), when asked for.
+        final_map: the final feature map before pooling as NCHW (:func:`final_feature_map`), when asked for.
     """
 
     logits: Tensor
     heads: tuple[Tensor, ...]
     features: dict[int, Tensor]
     embedding: Tensor | None = None
+    final_map: Tensor | None = None
 
 
-def forward_outputs(model: nn.Module, images: Tensor, stages: Sequence[int], embedding: bool = False) -> Outputs:
-    """One forward pass that yields the logits, every head, the requested stage maps and, if asked, the embedding.
+def forward_outputs(model: nn.Module, images: Tensor, stages: Sequence[int], embedding: bool = False,
+                    final_map: bool = False) -> Outputs:
+    """One forward pass: the logits, every head, the requested stage maps and, if asked, embedding and final map.
 
     The embedding is timm's pre-logits feature: ``forward_head(features, pre_logits=True)`` (the pooled feature
     of a CNN; the class token or the pooled tokens of a ViT, as the model's own head does), computed from the same
-    final features as the logits, so both belong to one pass.
+    final features as the logits, so both belong to one pass; so is the final map (:func:`final_feature_map`).
     """
     feats: dict[int, Tensor] = {}
     if stages:
         ordered = sorted(set(stages))
         final, maps = model.forward_intermediates(images, indices=ordered, **_full_pass_options(type(model)))
         feats = dict(zip(ordered, maps, strict=True))
-    elif embedding:
+    elif embedding or final_map:
         final = model.forward_features(images)
     else:
         out = model(images)
@@ -190,7 +193,56 @@ def forward_outputs(model: nn.Module, images: Tensor, stages: Sequence[int], emb
     if embedding:
         pooled = model.forward_head(final, pre_logits=True)
         pooled = pooled.reshape(pooled.shape[0], -1)
-    return Outputs(heads[0], heads, feats, pooled)
+    return Outputs(heads[0], heads, feats, pooled, final_feature_map(model, final) if final_map else None)
+
+
+def final_feature_map(model: nn.Module, final: Tensor) -> Tensor:
+    """The model's final features before pooling (``forward_features``' output) as an NCHW map.
+
+    A CNN's map is returned as it is (NHWC models, ``output_fmt == "NHWC"`` as Swin's, are permuted); a ViT's
+    tokens lose their prefix (class, register) tokens and the rest is laid out on the patch grid, as the stage taps
+    do.
+
+    Raises:
+        ModelError: tokens that do not fill a grid (a pooled or a non-square token layout), or another shape.
+    """
+    if final.ndim == 4:
+        return final.permute(0, 3, 1, 2) if getattr(model, "output_fmt", "NCHW") == "NHWC" else final
+    if final.ndim == 3:
+        tokens = final[:, int(getattr(model, "num_prefix_tokens", 0) or 0):]
+        count = tokens.shape[1]
+        grid = tuple(getattr(getattr(model, "patch_embed", None), "grid_size", None) or ())
+        if len(grid) != 2 or grid[0] * grid[1] != count:
+            side = math.isqrt(count)
+            grid = (side, side)
+        if grid[0] * grid[1] != count or count == 0:
+            raise ModelError(f"{type(model).__name__}'s final features are {count} tokens, which form no grid: the "
+                             "method needs a final feature map (choose a CNN or a ViT with a patch grid)")
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], int(grid[0]), int(grid[1]))
+    raise ModelError(f"{type(model).__name__}'s final features have shape {tuple(final.shape)}, not a map or "
+                     "tokens: the method needs a final feature map")
+
+
+def classifier_of(model: nn.Module, info: ModelInfo, method: str, role: str) -> nn.Linear:
+    """The model's classifier (timm's ``get_classifier()``) when it is one Linear over the pooled final map.
+
+    Args:
+        model: a timm model.
+        info: its description (``num_features``: the channels of its final map).
+        method: the method's name, for the message.
+        role: ``"student"`` or ``"teacher"``, for the message.
+
+    Raises:
+        ModelError: the classifier is missing, not one ``nn.Linear``, or reads another width than the final map's
+            channels (a head with layers of its own between the pooling and the classifier, as MobileNetV3's).
+    """
+    get = getattr(model, "get_classifier", None)
+    classifier = get() if callable(get) else None
+    if not isinstance(classifier, nn.Linear) or classifier.in_features != info.num_features:
+        raise ModelError(f"method {method!r} needs the {role}'s classifier as one Linear over its pooled final map, "
+                         f"which {info.name!r} does not have (its get_classifier() is "
+                         f"{type(classifier).__name__}); choose another {role}")
+    return classifier
 
 
 def forward_with_features(model: nn.Module, images: Tensor, stages: Sequence[int]) -> tuple[Tensor, dict[int, Tensor]]:

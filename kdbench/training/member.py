@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from kdbench.config import RunSpec, build_params, method_label
 from kdbench.data import DatasetInfo, Splits
 from kdbench.data.base import train_batch_count
 from kdbench.distiller import Distiller, RunContext, Step, View, construct_method, get_method
-from kdbench.features import ModelInfo, describe_model, forward_outputs
+from kdbench.features import ModelInfo, classifier_of, describe_model, forward_outputs
 from kdbench.models import count_params_m, create_model
 from kdbench.training.evaluation import autocast, predict, top1
 from kdbench.training.forward import MAIN_VIEW, TeacherOutput, compiled_forward
@@ -55,11 +56,14 @@ class Member:
         info: the dataset's description.
         teacher_info: shape information about the cohort's teacher (``None`` without one).
         device: the training device.
+        teacher_model: the cohort's teacher, whose classifier a method with ``classifiers`` reads (a frozen copy).
     """
 
     def __init__(self, spec: RunSpec, info: DatasetInfo, teacher_info: ModelInfo | None, device: torch.device,
-                 teacher_top1: float | None = None, train_labels: Tensor | None = None) -> None:
+                 teacher_top1: float | None = None, train_labels: Tensor | None = None,
+                 teacher_model: nn.Module | None = None) -> None:
         self.spec = spec
+        self.teacher_model = teacher_model
         self.info = info
         self.device = device
         num_train = int(info.sizes.get("train", 0))
@@ -127,12 +131,23 @@ class Member:
         for view in self.method.extra_views:
             VIEW_AUGMENTATIONS.get(view)  # an unknown view fails here, with the names there are
         self.method.prepare_student(self.student)
+        self._take_classifiers()
         self.method.start_generation(self.generation, previous)
         distributed.sync_batchnorm(self.student, self.method)  # under torchrun: global-batch statistics
         distributed.broadcast_state(self.student, self.method)  # and rank 0's initial weights on every rank
         self.optimizer = make_optimizer(spec, [{"params": list(self.student.parameters())},
                                                *self.method.param_groups()])
         self.best_val = self.best_val_epoch = self.best_state = None
+
+    def _take_classifiers(self) -> None:
+        """For a method with ``classifiers``: check the student's classifier, freeze a copy of the teacher's."""
+        self.teacher_classifier: nn.Linear | None = None
+        if not getattr(self.method, "classifiers", False):
+            return
+        classifier_of(self.student, self.student_info, self.spec.method, "student")
+        if self.uses_teacher and self.teacher_model is not None and self.teacher_info is not None:
+            own = classifier_of(self.teacher_model, self.teacher_info, self.spec.method, "teacher")
+            self.teacher_classifier = copy.deepcopy(own).requires_grad_(False).to(self.device)
 
     def next_generation(self) -> None:
         """Freeze the trained student as the next generation's teacher and start a fresh student."""
@@ -165,12 +180,16 @@ class Member:
         if not self.uses_teacher:
             outputs = {}
         stages, embedding = method.teacher_stages, method.embeddings
+        final_map = getattr(method, "final_maps", False)
 
         def teacher_of(view: str) -> TeacherOutput | None:
             out = outputs.get(view)
-            return out.copy_for(stages, embedding) if out is not None else None
+            return out.copy_for(stages, embedding, final_map and view == MAIN_VIEW) if out is not None else None
 
-        student = self.forward(self.student, images, method.student_stages, method.embeddings)
+        if final_map:
+            student = self.forward(self.student, images, method.student_stages, method.embeddings, True)
+        else:
+            student = self.forward(self.student, images, method.student_stages, method.embeddings)
         extra = {}
         for name in method.extra_views:
             s_out = self.forward(self.student, views[name], method.student_stages, method.embeddings)
@@ -186,7 +205,9 @@ class Member:
             teacher_features=main.features if main else {}, epoch=epoch, epochs=epochs, iteration=iteration,
             iterations=iterations, student_embedding=student.embedding,
             teacher_embedding=main.embedding if main else None, student_heads=student.heads, views=extra,
-            phase=phase)
+            phase=phase, student_final_map=student.final_map, teacher_final_map=main.final_map if main else None,
+            student_classifier=self.student.get_classifier() if getattr(method, "classifiers", False) else None,
+            teacher_classifier=self.teacher_classifier)
 
     def train_step(self, images: Tensor, labels: Tensor, indices: Tensor,
                    teacher: TeacherOutput | dict[str, TeacherOutput] | None, epoch: int, iteration: int,
