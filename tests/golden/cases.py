@@ -66,6 +66,18 @@ def step_for(method: Distiller) -> Step:
             teacher_logits=3 * torch.randn(BATCH, NUM_CLASSES, generator=g) if uses_teacher else None,
         )
     several_heads = type(method).prepare_student is not Distiller.prepare_student
+    # Final maps (4x4, the models' num_features channels) and classifiers: drawn last, only for methods that ask.
+    final_maps, classifiers = getattr(method, "final_maps", False), getattr(method, "classifiers", False)
+    s_map = torch.randn(BATCH, STUDENT.num_features, 4, 4, generator=g) if final_maps else None
+    t_map = torch.randn(BATCH, TEACHER.num_features, 4, 4, generator=g) if final_maps and uses_teacher else None
+    s_fc = t_fc = None
+    if classifiers:
+        s_fc, t_fc = nn.Linear(STUDENT.num_features, NUM_CLASSES), nn.Linear(TEACHER.num_features, NUM_CLASSES)
+        for fc in (s_fc, t_fc):
+            with torch.no_grad():
+                fc.weight.copy_(0.1 * torch.randn(fc.weight.shape, generator=g))
+                fc.bias.copy_(0.1 * torch.randn(fc.bias.shape, generator=g))
+        t_fc.requires_grad_(False)
     return Step(
         images=images, labels=labels, indices=torch.arange(BATCH), student_logits=student_logits,
         student_features={i: s_feats[i] for i in method.student_stages},
@@ -76,6 +88,8 @@ def step_for(method: Distiller) -> Step:
         teacher_embedding=t_emb if (method.embeddings and uses_teacher) else None,
         student_heads=(student_logits, second_head) if several_heads else (student_logits,),
         views=views,
+        student_final_map=s_map, teacher_final_map=t_map, student_classifier=s_fc,
+        teacher_classifier=t_fc if uses_teacher else None,
     )
 
 
