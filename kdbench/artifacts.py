@@ -115,7 +115,9 @@ def student_file(tensors: Mapping[str, Tensor], header: Mapping[str, Any]) -> by
     ``state_dict`` can be saved and loads back with ``load_state_dict``.
     """
     plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    return safetensors.torch.save(plain, metadata={"format": "pt", HEADER_KEY: json.dumps(dict(header))})
+    # one metadata key: safetensors writes its metadata in hash-map order, so with two keys the same student could
+    # be written as different bytes (and another SHA-256) by different processes
+    return safetensors.torch.save(plain, metadata={HEADER_KEY: json.dumps(dict(header), sort_keys=True)})
 
 
 def save_students(member: Member, info: DatasetInfo, options: ExecOptions) -> dict[str, str | None]:

@@ -126,6 +126,20 @@ def test_channels_last_and_shared_weights_save_and_load_back():
     assert all(torch.equal(tensors[k], v) for k, v in weights.items())
 
 
+@pytest.mark.slow
+def test_the_same_student_is_the_same_bytes_in_every_process():
+    """Records are compared bit for bit (resume, cohorts, parity): a student's SHA-256 must not vary by process."""
+    import subprocess
+    import sys
+
+    code = ("import hashlib, torch; from kdbench.artifacts import student_file; torch.manual_seed(0); "
+            "t = {f'layer{i}.weight': torch.randn(3, 3) for i in range(30)}; "
+            "print(hashlib.sha256(student_file(t, {'run_id': 'r', 'b': 1, 'a': [0.5], 'z': None})).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+               for _ in range(3)}
+    assert len(digests) == 1
+
+
 def test_a_student_file_is_never_left_half_written(results, monkeypatch):
     path = Store(results).student_path(SPEC.run_id, "last")
     save_students(fake_member(SPEC, trained_like(seed=1), None), DIGITS, options(results, "last"))
