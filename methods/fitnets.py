@@ -27,8 +27,9 @@ class FitNets(Distiller):
 
     Paper: https://arxiv.org/abs/1412.6550
     A regressor r (1x1 conv + BN, and pooling or bilinear interpolation when the strides differ; see
-    :class:`kdbench.features.FeatureAdapter`) maps the student's guided stage onto the teacher's hint stage:
-    hint = mean over elements of (r(F_s) - F_t)². The regressor trains with the student, counts as
+    :class:`kdbench.features.FeatureAdapter`), followed by a ReLU as in the CRD code's and mdistiller's ``ConvReg``
+    (the hint stage's map is a post-activation one), maps the student's guided stage onto the teacher's hint
+    stage: hint = mean over elements of (ReLU(r(F_s)) - F_t)². The regressor trains with the student, counts as
     ``extra_params_m`` and is dropped from the deployed student.
 
     Single-stage (``hint_epochs = 0``, the default), as in the CRD benchmark (Tian et al., 2020, whose code uses
@@ -42,10 +43,11 @@ class FitNets(Distiller):
     (CRD protocol: T = 4, CE 0.1, KD 0.9), so that two-stage FitNets differs from ``kd`` only by the hint phase.
 
     Version 2: the hint epochs are an initialisation phase before the full budget (version 1 took them out of it).
+    Version 3: the regressor ends with a ReLU, as the authors' does (version 2 had none).
     """
 
     family = "feature"
-    version = 2
+    version = 3
 
     @dataclass(frozen=True)
     class Params(MethodParams):
@@ -87,7 +89,8 @@ class FitNets(Distiller):
 
     def _hint(self, step: Step) -> Tensor:
         (s,), (t,) = self.student_stages, self.teacher_stages
-        return self.params.hint_weight * hint_loss(self.regressor(step.student_features[s]), step.teacher_features[t])
+        adapted = F.relu(self.regressor(step.student_features[s]))
+        return self.params.hint_weight * hint_loss(adapted, step.teacher_features[t])
 
     def init_losses(self, step: Step) -> dict[str, Tensor]:
         """Stage 1 of the two-stage schedule: the hint term alone."""

@@ -62,12 +62,16 @@ class FactorTransfer(Distiller):
     beta 200, the last stage map of each model). Its factor vector u is the L2-normalised ``mean_c factor²``
     (``factor="attention"``), which its beta assumes; ``"flatten"`` is the paper's normalised flattened factor.
     The default ``"auto"`` is "attention" unless the (pooled) factor maps are 1x1, where that vector is the
-    constant 1 and the term vanishes (small inputs): there it is "flatten". RepDistiller trains the paraphraser at
-    lr 0.01 for CIFAR ResNet/WRN students; kdbench's initialisation phase uses the run's optimiser settings.
+    constant 1 and the term vanishes (small inputs): there it is "flatten". The paraphraser trains at
+    ``init_lr`` = 0.01, as RepDistiller's ``helper/pretrain.py`` does for its ResNet/WRN students (and, through
+    their run's lr of 0.01, its MobileNet/ShuffleNet ones; only its VGG students get the run's 0.05), with the
+    run's momentum and weight decay; ``init_lr=None`` uses the run's lr.
+
+    Version 2: the paraphraser phase runs at ``init_lr`` (version 1: at the run's lr).
     """
 
     family = "init_phase"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     @dataclass(frozen=True)
     class Params(MethodParams):
@@ -80,6 +84,7 @@ class FactorTransfer(Distiller):
             factor: "attention" (RepDistiller's factor vector), "flatten" (the paper's), or "auto" ("attention"
                 unless the factor maps are 1x1, then "flatten").
             init_epochs: epochs of paraphraser training before the main phase (its own budget).
+            init_lr: the paraphraser phase's constant learning rate (``None``: the run's lr).
             depth: relative depth in [0, 1] of the stage used in both models (1: the last).
             student_stage: explicit student stage index (negative: from the end); wins over ``depth``.
             teacher_stage: explicit teacher stage index (negative: from the end); wins over ``depth``.
@@ -90,6 +95,7 @@ class FactorTransfer(Distiller):
         rate: float = field(default=0.5, metadata=valid(gt=0))
         factor: str = "auto"
         init_epochs: int = field(default=30, metadata=valid(ge=0))
+        init_lr: float | None = field(default=0.01, metadata=valid(gt=0))
         depth: float = field(default=1.0, metadata=valid(ge=0, le=1))
         student_stage: int | None = None
         teacher_stage: int | None = None
@@ -107,7 +113,7 @@ class FactorTransfer(Distiller):
         s = select_stage(student, params.depth, params.student_stage, what=f"{self.name}.student_stage")
         t = select_stage(teacher, params.depth, params.teacher_stage, what=f"{self.name}.teacher_stage")
         self.student_stages, self.teacher_stages = (s,), (t,)
-        self.init_epochs = params.init_epochs
+        self.init_epochs, self.init_lr = params.init_epochs, params.init_lr
         c_s, c_t = student.stages[s].channels, teacher.stages[t].channels
         c_f = max(1, int(c_t * params.rate))
         one_by_one = min(student.stages[s].height, teacher.stages[t].height) == 1 == min(

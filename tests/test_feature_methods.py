@@ -80,6 +80,7 @@ def test_fitnets_hint_and_ce_match_the_formula_on_the_fixed_step():
     assert set(terms) == {"loss_ce", "loss_hint"}
     conv, bn = method.regressor.proj
     student = regressed(as_numpy(step.student_features[2]), as_numpy(conv.weight)[:, :, 0, 0], bn.eps)
+    student = np.maximum(student, 0.0)  # the regressor ends with a ReLU, as the authors' ConvReg
     mse = float(((student - as_numpy(step.teacher_features[2])) ** 2).mean())
     assert terms["loss_hint"].item() == pytest.approx(100 * mse, rel=1e-5)
     ce = cross_entropy(as_numpy(step.student_logits), step.labels.numpy())
@@ -119,6 +120,7 @@ def test_fitnets_two_stage_schedule_hint_phase_then_kd():
     assert step.student_logits.grad is None  # stage 1 trains the student only up to the guided stage
     conv, bn = method.regressor.proj
     student = regressed(as_numpy(step.student_features[2]), as_numpy(conv.weight)[:, :, 0, 0], bn.eps)
+    student = np.maximum(student, 0.0)  # the regressor ends with a ReLU, as the authors' ConvReg
     mse = float(((student - as_numpy(step.teacher_features[2])) ** 2).mean())
     assert hint_only["loss_hint"].item() == pytest.approx(100 * mse, rel=1e-5)
 

@@ -295,9 +295,7 @@ def float64() -> Iterator[None]:
 
 
 KNOWN_DIFFERENCES = {
-    "repdistiller_fitnets": "the authors' regressor is conv-BN-ReLU; kdbench's FeatureAdapter has no ReLU",
     "repdistiller_ab": "the authors' AB reads pre-ReLU stage maps (preact=True); kdbench the stage outputs",
-    "repdistiller_ft": "the authors' paraphraser phase runs at lr 0.01 for ResNet/WRN students; kdbench at lr",
 }
 
 
