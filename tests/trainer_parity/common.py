@@ -41,6 +41,11 @@ def images_and_labels() -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+def checkpoint_images() -> Tensor:
+    """Two images on which the authors' networks and the zoo's are compared."""
+    return torch.randn(2, 3, 32, 32, generator=_generator(DATA_SEED, "checkpoint images"))
+
+
 def epoch_order(k: int) -> Tensor:
     """The sample order of the ``k``-th pass over the training set (initialisation epochs count first)."""
     return torch.randperm(NUM_TRAIN, generator=_generator(DATA_SEED, "order", k))

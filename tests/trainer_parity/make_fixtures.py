@@ -5,6 +5,8 @@ commit)::
 
     git clone https://github.com/HobbitLong/RepDistiller && git -C RepDistiller checkout <REPDISTILLER_COMMIT>
     python -m tests.trainer_parity.make_fixtures --repdistiller RepDistiller [--only kd,crd]
+    git clone https://github.com/megvii-research/mdistiller && git -C mdistiller checkout <MDISTILLER_COMMIT>
+    python -m tests.trainer_parity.make_fixtures --mdistiller mdistiller
 
 The authors' code needs only torch and numpy for what is driven here. For each method it builds the student,
 teacher, module list, criterion list and optimiser with the same calls, in the same order, as the authors'
@@ -13,8 +15,14 @@ gives every tensor the initial value :mod:`tests.trainer_parity.common` defines,
 functions: ``helper.pretrain.init`` for an initialisation phase, ``helper.util.adjust_learning_rate`` and
 ``helper.loops.train_distill`` for each epoch, on the fixed batches of :mod:`common` (no augmentation).
 Forward hooks on the criteria record every loss component at every step; a global optimiser-step hook closes each
-step. The fixture holds the trajectory, the digests of the final student, method modules and momentum buffers, the
-names and shapes of the authors' tensors (so that kdbench can be given the same initial values), and its source.
+step. For mdistiller it builds the distiller of ``DISTILLER.TYPE`` with the configuration of
+``configs/cifar100/<method>.yaml`` (a plain namespace stands in for yacs), wraps it in ``nn.DataParallel`` as
+``tools/train.py`` does, builds the optimiser with the trainer's own ``init_optimizer`` (the distiller's
+``get_learnable_parameters``), and runs each epoch as ``BaseTrainer.train_epoch`` does before it validates
+(``adjust_learning_rate``, ``distiller.train()``, the trainer's own ``train_iter`` for each batch; CRD through
+``CRDTrainer``); ``.cuda()`` is the identity. The fixture holds the trajectory, the digests of the final student,
+method modules and momentum buffers, the names and shapes of the authors' tensors (so that kdbench can be given the
+same initial values), and its source.
 """
 
 from __future__ import annotations
@@ -49,7 +57,36 @@ REPDISTILLER_RUNS: dict[str, dict[str, Any]] = {
     "crd": {"distill": "crd", "gamma": 1.0, "alpha": 0.0, "beta": 0.8, "nce_k": 16},
     "ab": {"distill": "abound", "gamma": 1.0, "alpha": 0.0, "beta": 0.0},
     "ft": {"distill": "factor", "gamma": 1.0, "alpha": 0.0, "beta": 200.0},
+    # AB with post-activation maps where the authors ask their models for pre-activation ones (preact=True is
+    # passed on as False): kdbench reads post-activation maps, and this run shows that to be the only difference
+    "ab_postact": {"distill": "abound", "gamma": 1.0, "alpha": 0.0, "beta": 0.0, "method": "ab", "postact": True},
 }
+MDISTILLER = "megvii-research/mdistiller"
+MDISTILLER_COMMIT = "a08d46f10d6102bd6e3f258ca5ac880b020ea259"
+
+#: kdbench method -> mdistiller's ``DISTILLER.TYPE``, its trainer and its configuration (``configs/cifar100/``:
+#: the loss weights of ``mdistiller/engine/cfg.py`` and the yaml; warm-ups shortened to 2 epochs so that the 3
+#: epochs cross their end; CRD's nce_k shortened as for RepDistiller)
+MDISTILLER_RUNS: dict[str, dict[str, Any]] = {
+    "kd": {"type": "KD", "trainer": "base",
+           "cfg": {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}}}},
+    "dkd": {"type": "DKD", "trainer": "base",
+            "cfg": {"DKD": {"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 2}}},
+    "reviewkd": {"type": "REVIEWKD", "trainer": "base",
+                 "cfg": {"REVIEWKD": {"CE_WEIGHT": 1.0, "REVIEWKD_WEIGHT": 5.0, "WARMUP_EPOCHS": 2,
+                                      "SHAPES": [1, 8, 16, 32], "OUT_SHAPES": [1, 8, 16, 32],
+                                      "IN_CHANNELS": [16, 32, 64, 64], "OUT_CHANNELS": [64, 128, 256, 256],
+                                      "MAX_MID_CHANNEL": 512, "STU_PREACT": False}}},
+    # the same with the teacher's post-activation stage maps in place of its pre-activation ones (its "feats" for
+    # its "preact_feats"): kdbench reads post-activation maps, and this run shows that to be the only difference
+    "reviewkd_postact": {"type": "REVIEWKD", "trainer": "base", "method": "reviewkd", "postact": True},
+    "crd": {"type": "CRD", "trainer": "crd",
+            "cfg": {"CRD": {"MODE": "exact", "FEAT": {"DIM": 128, "STUDENT_DIM": 64, "TEACHER_DIM": 256},
+                            "LOSS": {"CE_WEIGHT": 1.0, "FEAT_WEIGHT": 0.8},
+                            "NCE": {"K": 16, "MOMENTUM": 0.5, "TEMPERATURE": 0.07}}}},
+}
+MDISTILLER_FILES = ["mdistiller/engine/trainer.py", "mdistiller/engine/utils.py", "mdistiller/engine/cfg.py",
+                    "mdistiller/distillers/", "mdistiller/models/cifar/resnet.py", "configs/cifar100/"]
 REPDISTILLER_FILES = ["train_student.py", "helper/loops.py", "helper/pretrain.py", "helper/util.py",
                       "distiller_zoo/", "crd/", "models/resnet.py", "models/util.py"]
 
@@ -107,8 +144,8 @@ def _git_commit(path: Path) -> str | None:
         return None
 
 
-def repdistiller_run(method: str, root: Path) -> dict[str, Any]:
-    """Drive RepDistiller's training of one method from the common start; returns the fixture."""
+def repdistiller_run(name: str, root: Path) -> dict[str, Any]:
+    """Drive RepDistiller's training of one run of :data:`REPDISTILLER_RUNS` from the common start."""
     import crd.memory
     from crd.criterion import CRDLoss
     from distiller_zoo import ABLoss, Attention, DistillKL, FactorTransfer, HintLoss, RKDLoss, Similarity, VIDLoss
@@ -120,7 +157,8 @@ def repdistiller_run(method: str, root: Path) -> dict[str, Any]:
 
     if not torch.cuda.is_available():  # ContrastMemory moves its (here unused) sampler to the GPU unconditionally
         crd.memory.AliasMethod.cuda = lambda self: self
-    run = REPDISTILLER_RUNS[method]
+    run = REPDISTILLER_RUNS[name]
+    method = run.get("method", name)
     opt = SimpleNamespace(
         print_freq=10**9, distill=run["distill"], model_s=common.STUDENT, init_epochs=common.INIT_EPOCHS,
         epochs=common.EPOCHS, learning_rate=0.05, lr_decay_epochs=list(common.LR_DECAY_EPOCHS), lr_decay_rate=0.1,
@@ -133,6 +171,11 @@ def repdistiller_run(method: str, root: Path) -> dict[str, Any]:
     model_s = model_dict[common.STUDENT](num_classes=common.NUM_CLASSES)
     _initialise("teacher", model_t)
     _initialise("student", model_s)
+    if run.get("postact"):
+        for model in (model_t, model_s):
+            forward = type(model).forward
+            model.forward = (lambda f: lambda self, x, is_feat=False, preact=False: f(self, x, is_feat, False))(
+                forward).__get__(model)
     data = torch.randn(2, 3, 32, 32)
     model_t.eval()
     model_s.eval()
@@ -268,8 +311,8 @@ def repdistiller_run(method: str, root: Path) -> dict[str, Any]:
     return {
         "method": method,
         "source": {"repo": REPDISTILLER, "commit": _git_commit(root) or REPDISTILLER_COMMIT,
-                   "files": REPDISTILLER_FILES, "options": {k: v for k, v in vars(opt).items()
-                                                            if isinstance(v, int | float | str | list)}},
+                   "files": REPDISTILLER_FILES, "post_activation": bool(run.get("postact")),
+                   "options": {k: v for k, v in vars(opt).items() if isinstance(v, int | float | str | list)}},
         "schedule": {"epochs": common.EPOCHS, "init_epochs": common.INIT_EPOCHS if init_phase else 0,
                      "lr_decay_epochs": list(common.LR_DECAY_EPOCHS), "lr": opt.learning_rate,
                      "weight_decay": opt.weight_decay, "momentum": opt.momentum},
@@ -282,11 +325,162 @@ def repdistiller_run(method: str, root: Path) -> dict[str, Any]:
     }
 
 
+def _namespace(tree: dict[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(**{k: _namespace(v) if isinstance(v, dict) else v for k, v in tree.items()})
+
+
+def contrast_rows(indices: torch.Tensor, labels: torch.Tensor, nce_k: int, rng: torch.Generator) -> list[list[int]]:
+    """CRD's 'exact' sampling: each sample itself, then ``nce_k`` samples of other classes (drawn from ``rng``)."""
+    images_labels = common.images_and_labels()[1]
+    rows = []
+    for i, label in zip(indices.tolist(), labels.tolist(), strict=True):
+        others = torch.nonzero(images_labels != label).flatten()
+        pick = others[torch.randint(0, len(others), (nce_k,), generator=rng)]
+        rows.append([i, *pick.tolist()])
+    return rows
+
+
+def mdistiller_run(name: str, root: Path) -> dict[str, Any]:
+    """Drive mdistiller's training of one run of :data:`MDISTILLER_RUNS` from the common start; returns the fixture."""
+    from mdistiller.distillers import distiller_dict
+    from mdistiller.engine.trainer import BaseTrainer, CRDTrainer
+    from mdistiller.engine.utils import AverageMeter, adjust_learning_rate
+    from mdistiller.models import cifar_model_dict
+
+    run = MDISTILLER_RUNS[name]
+    method = run.get("method", name)
+    if "cfg" not in run:
+        run = {**MDISTILLER_RUNS[method], **run}
+    cfg = _namespace({"SOLVER": {"EPOCHS": common.EPOCHS, "LR": 0.05, "LR_DECAY_STAGES": list(common.LR_DECAY_EPOCHS),
+                                 "LR_DECAY_RATE": 0.1, "WEIGHT_DECAY": 5e-4, "MOMENTUM": 0.9, "TYPE": "SGD",
+                                 "BATCH_SIZE": common.BATCH_SIZE, "TRAINER": run["trainer"]},
+                      "DISTILLER": {"TYPE": run["type"], "TEACHER": common.TEACHER, "STUDENT": common.STUDENT},
+                      **run["cfg"]})
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the trainer moves every batch to the GPU
+    sys.modules["mdistiller.distillers.CRD"].AliasMethod.cuda = lambda self: self  # (the package's CRD is the class)
+    torch.manual_seed(0)
+    model_t = cifar_model_dict[common.TEACHER][0](num_classes=common.NUM_CLASSES)
+    model_s = cifar_model_dict[common.STUDENT][0](num_classes=common.NUM_CLASSES)
+    _initialise("teacher", model_t)
+    _initialise("student", model_s)
+    if run.get("postact"):
+        forward = type(model_t).forward
+
+        def post_activation(self: nn.Module, x: torch.Tensor) -> Any:
+            logits, feats = forward(self, x)
+            return logits, {**feats, "preact_feats": feats["feats"]}
+
+        model_t.forward = post_activation.__get__(model_t)
+    distiller_class = distiller_dict[run["type"]]
+    if run["type"] == "CRD":
+        distiller = distiller_class(model_s, model_t, cfg, common.NUM_TRAIN)
+    else:
+        distiller = distiller_class(model_s, model_t, cfg)
+    modules: dict[str, nn.Module] = {}
+    if run["type"] == "REVIEWKD":  # its ModuleList runs deepest first; listed here shallowest first, as kdbench
+        modules["abfs"] = nn.ModuleList(list(distiller.abfs)[::-1])
+    elif run["type"] == "CRD":
+        crd = nn.Module()
+        crd.embed_s, crd.embed_t, crd.contrast = distiller.embed_s, distiller.embed_t, distiller.contrast
+        modules["crd"] = crd
+    for name, module in modules.items():
+        _initialise(f"{method}:{name}", module, keep=("contrast.params",))
+
+    recorder = Recorder()
+    recorder.phase = "train"
+    forward_train = distiller.forward_train
+
+    def recording(**kwargs: Any) -> Any:
+        preds, losses = forward_train(**kwargs)
+        recorder.current = {"cls" if k == "loss_ce" else "kd": float(v.detach().mean()) for k, v in losses.items()}
+        return preds, losses
+
+    distiller.forward_train = recording
+    trainer = object.__new__(CRDTrainer if run["trainer"] == "crd" else BaseTrainer)
+    trainer.cfg, trainer.distiller = cfg, nn.DataParallel(distiller)
+    trainer.optimizer = trainer.init_optimizer(cfg)
+    names = {id(p): f"student.{k}" for k, p in model_s.named_parameters()}
+    for name, module in modules.items():
+        names.update({id(p): f"{name}.{k}" for k, p in module.named_parameters()})
+    rng = torch.Generator().manual_seed(common.DATA_SEED)
+    contrast: list[list[list[int]]] = []
+    handle = register_optimizer_step_post_hook(recorder.step_done)
+    try:
+        for epoch in range(1, cfg.SOLVER.EPOCHS + 1):  # BaseTrainer.train_epoch up to its validation
+            recorder.epoch = epoch - 1
+            adjust_learning_rate(epoch, cfg, trainer.optimizer)
+            meters = {k: AverageMeter() for k in ("training_time", "data_time", "losses", "top1", "top5")}
+            trainer.distiller.train()
+            for x, y, idx in common.batches(epoch - 1):
+                data: tuple[torch.Tensor, ...] = (x, y, idx)
+                if run["type"] == "CRD":
+                    rows = contrast_rows(idx, y, cfg.CRD.NCE.K, rng)
+                    contrast.append(rows)
+                    data = (x, y, idx, torch.tensor(rows))
+                trainer.train_iter(data, epoch, meters)
+    finally:
+        handle.remove()
+        torch.Tensor.cuda = cuda
+    steps = []
+    for s in recorder.steps:
+        s["losses"] = s.pop("raw")
+        steps.append(s)
+    return {
+        "method": method,
+        "source": {"repo": MDISTILLER, "commit": _git_commit(root) or MDISTILLER_COMMIT, "files": MDISTILLER_FILES,
+                   "distiller": run["type"], "trainer": run["trainer"], "teacher_post_activation": bool(
+                       run.get("postact")), "cfg": json.loads(json.dumps(cfg, default=vars))},
+        "schedule": {"epochs": common.EPOCHS, "init_epochs": 0, "lr_decay_epochs": list(common.LR_DECAY_EPOCHS),
+                     "lr": cfg.SOLVER.LR, "weight_decay": cfg.SOLVER.WEIGHT_DECAY, "momentum": cfg.SOLVER.MOMENTUM},
+        "keys": {"student": _state_keys(model_s), "teacher": _state_keys(model_t),
+                 **{f"module:{k}": _state_keys(m) for k, m in modules.items()}},
+        "contrast_idx": contrast,
+        "steps": steps,
+        "final": {"student": _digests(model_s), **{f"module:{k}": _digests(m) for k, m in modules.items()},
+                  "momentum": _momentum(trainer.optimizer, names)},
+    }
+
+
+#: the authors' architecture name -> the zoo's (every network of the CIFAR-100 tables; RepDistiller's ``model_dict``)
+ZOO_NAMES = {**{f"resnet{d}": f"cifar_resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)},
+             "resnet8x4": "cifar_resnet8x4", "resnet32x4": "cifar_resnet32x4", "ResNet50": "cifar_resnet50",
+             **{f"wrn_{d}_{w}": f"cifar_wrn_{d}_{w}" for d in (16, 40) for w in (1, 2)},
+             **{f"vgg{d}": f"cifar_vgg{d}" for d in (8, 11, 13, 16, 19)},
+             "MobileNetV2": "cifar_mobilenetv2", "ShuffleV1": "cifar_shufflenetv1", "ShuffleV2": "cifar_shufflenetv2"}
+
+
+def checkpoint_models(repo: str) -> dict[str, dict[str, Any]]:
+    """Each architecture of the authors' model dict, with the common initial values (BatchNorm statistics
+    included), in eval mode: its state dict's names and shapes in saved order and its logits on
+    :func:`common.checkpoint_images`. The tests save that state dict as the authors' checkpoints hold it and load
+    it through ``--teacher-ckpt``'s path into the zoo's network."""
+    if repo == REPDISTILLER:
+        from models import model_dict
+    else:
+        from mdistiller.models import cifar_model_dict
+
+        model_dict = {name: entry[0] for name, entry in cifar_model_dict.items()}
+    out = {}
+    for name, zoo in ZOO_NAMES.items():
+        if name not in model_dict:
+            continue
+        model = model_dict[name](num_classes=common.NUM_CLASSES)
+        keys = _state_keys(model)
+        model.load_state_dict(common.initial_state(f"checkpoint:{name}", [(k, tuple(s)) for k, s in keys]))
+        with torch.no_grad():
+            logits = model.eval()(common.checkpoint_images())
+        logits = logits[0] if isinstance(logits, tuple) else logits  # mdistiller's networks return (logits, feats)
+        out[name] = {"zoo": zoo, "keys": keys, "logits": logits.tolist()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write one fixture per method of the authors' code bases given."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repdistiller", type=Path, help="a checkout of HobbitLong/RepDistiller")
-    parser.add_argument("--only", default="", help="comma-separated kdbench method names")
+    parser.add_argument("--mdistiller", type=Path, help="a checkout of megvii-research/mdistiller")
+    parser.add_argument("--only", default="", help="comma-separated kdbench method names (and/or 'checkpoints')")
     args = parser.parse_args(argv)
     only = {m for m in args.only.split(",") if m}
     torch.set_num_threads(1)
@@ -295,15 +489,47 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_default_dtype(torch.float64)
     torch.Tensor.float = lambda self, *args, **kwargs: self.to(torch.get_default_dtype())
     FIXTURES.mkdir(parents=True, exist_ok=True)
+    checkpoints: dict[str, Any] = {}
     if args.repdistiller:
         sys.path.insert(0, str(args.repdistiller.resolve()))
-        for method in REPDISTILLER_RUNS:
-            if only and method not in only:
+        for name, run in REPDISTILLER_RUNS.items():
+            if only and run.get("method", name) not in only:
                 continue
-            fixture = repdistiller_run(method, args.repdistiller)
-            path = FIXTURES / f"repdistiller_{method}.json"
-            path.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")
-            print(f"{path.name}: {len(fixture['steps'])} steps, {path.stat().st_size / 1024:.0f} KiB")
+            write(f"repdistiller_{name}", repdistiller_run(name, args.repdistiller))
+        if not only or "checkpoints" in only:
+            checkpoints[REPDISTILLER] = {"commit": _git_commit(args.repdistiller) or REPDISTILLER_COMMIT,
+                                         "files": ["models/"], "models": checkpoint_models(REPDISTILLER)}
+        sys.path.remove(str(args.repdistiller.resolve()))
+        for name in [m for m in sys.modules if m.split(".")[0] in ("models", "helper", "crd", "distiller_zoo")]:
+            del sys.modules[name]  # RepDistiller's top-level packages, before another code base is imported
+    if args.mdistiller:
+        sys.path.insert(0, str(args.mdistiller.resolve()))
+        for name, run in MDISTILLER_RUNS.items():
+            if only and run.get("method", name) not in only:
+                continue
+            write(f"mdistiller_{name}", mdistiller_run(name, args.mdistiller))
+        if not only or "checkpoints" in only:
+            checkpoints[MDISTILLER] = {"commit": _git_commit(args.mdistiller) or MDISTILLER_COMMIT,
+                                       "files": ["mdistiller/models/cifar/"],
+                                       "models": checkpoint_models(MDISTILLER)}
+    if checkpoints:
+        ours = checkpoints.get(MDISTILLER, {}).get("models", {})
+        theirs = checkpoints.get(REPDISTILLER, {}).get("models", {})
+        for name, entry in ours.items():  # an identical network is stored once
+            other = theirs.get(name, {})
+            if other.get("keys") == entry["keys"] and other.get("logits") == entry["logits"]:
+                ours[name] = {"zoo": entry["zoo"], "same_as": REPDISTILLER}
+        path = FIXTURES / "authors_checkpoints.json"
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**stored, **checkpoints}, separators=(",", ":")) + "\n")
+        print(f"{path.name}: {path.stat().st_size / 1024:.0f} KiB")
+
+
+def write(name: str, fixture: dict[str, Any]) -> None:
+    """Store one fixture (compact JSON)."""
+    path = FIXTURES / f"{name}.json"
+    path.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")
+    print(f"{path.name}: {len(fixture['steps'])} steps, {path.stat().st_size / 1024:.0f} KiB")
 
 
 if __name__ == "__main__":
