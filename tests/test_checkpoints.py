@@ -88,14 +88,20 @@ def checkpoints_of(tmp_path: Path) -> list[Path]:
     return sorted(Store(tmp_path / "results").checkpoints_dir.glob("*.pt"))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("step", [9, 60, 170], ids=["init-phase", "first-epoch", "late-epoch"])
-def test_a_run_interrupted_at_a_step_resumes_to_the_same_record(tmp_path, reference, monkeypatch, step):
+def interrupted(tmp_path: Path, reference, monkeypatch, step: int, **kw) -> list[Path]:
+    """The cohort interrupted at its ``step``-th member step; the checkpoints it left."""
     teachers, _ = reference
     interrupt_at(monkeypatch, Member, "train_step", step)
     with pytest.raises(Interrupt):
-        execute(specs_for(), options(tmp_path / "results", teachers, checkpoint_minutes=1e-9))
-    assert checkpoints_of(tmp_path) or step < 16  # a checkpoint every 16 steps at most, and at each epoch end
+        execute(specs_for(), options(tmp_path / "results", teachers, **kw))
+    return checkpoints_of(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", [9, 60, 170], ids=["init-phase", "first-epoch", "late-epoch"])
+def test_a_run_interrupted_at_a_step_resumes_to_the_same_record(tmp_path, reference, monkeypatch, step):
+    left = interrupted(tmp_path, reference, monkeypatch, step, checkpoint_minutes=1e-9)
+    assert left or step < 16  # a checkpoint every 16 steps at most, and at each epoch end
     resume_and_compare(tmp_path, reference, monkeypatch, checkpoint_minutes=1e-9)
 
 
@@ -117,11 +123,7 @@ def test_a_run_interrupted_during_validation_or_a_checkpoint_write_resumes_to_th
 
 @pytest.mark.slow
 def test_untrusted_checkpoints_are_one_line_and_a_fresh_start(tmp_path, reference, monkeypatch):
-    teachers, expected = reference
-    interrupt_at(monkeypatch, Member, "train_step", 120)
-    with pytest.raises(Interrupt):
-        execute(specs_for(), options(tmp_path / "results", teachers))
-    files = checkpoints_of(tmp_path)
+    files = interrupted(tmp_path, reference, monkeypatch, 120)
     assert len(files) >= 3
     truncated, garbage, foreign = files[:3]
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
@@ -136,11 +138,7 @@ def test_untrusted_checkpoints_are_one_line_and_a_fresh_start(tmp_path, referenc
 
 @pytest.mark.slow
 def test_a_checkpoint_of_another_format_is_not_trusted(tmp_path, reference, monkeypatch):
-    teachers, _ = reference
-    interrupt_at(monkeypatch, Member, "train_step", 120)
-    with pytest.raises(Interrupt):
-        execute(specs_for(), options(tmp_path / "results", teachers))
-    for path in checkpoints_of(tmp_path):
+    for path in interrupted(tmp_path, reference, monkeypatch, 120):
         state = torch.load(path, weights_only=True)
         state["format"] = checkpoint_module.CHECKPOINT_FORMAT + 1
         torch.save(state, path)
