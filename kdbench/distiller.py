@@ -260,6 +260,29 @@ class Step:
         return min(1.0, (self.epoch + 1) / epochs)
 
 
+@dataclass
+class TeacherBatch:
+    """One batch of the teacher's pass over the training split before training (see ``Distiller.teacher_pass``).
+
+    The tensors are the method's own copies, without gradient, on the training device.
+
+    Attributes:
+        labels: class labels, int64.
+        indices: positions of the samples in the training split.
+        teacher_logits: the teacher's logits.
+        teacher_embedding: its pre-logits embedding, (B, D_t), when ``"embedding"`` is in ``teacher_pass``.
+        teacher_final_map: its final map before pooling, NCHW, when ``"final_map"`` is in ``teacher_pass``.
+        teacher_classifier: a frozen copy of its classifier, when the method declares ``classifiers``.
+    """
+
+    labels: Tensor
+    indices: Tensor
+    teacher_logits: Tensor
+    teacher_embedding: Tensor | None = None
+    teacher_final_map: Tensor | None = None
+    teacher_classifier: nn.Linear | None = None
+
+
 class Distiller(nn.Module):
     """Base class of every distillation method.
 
@@ -271,12 +294,16 @@ class Distiller(nn.Module):
     - ``final_maps = True``: the final feature maps before pooling of student and teacher;
     - ``classifiers = True``: the student's live classifier and a frozen copy of the teacher's (each model's
       classifier must be one ``nn.Linear`` over its pooled final map, else the run fails in one line);
+    - ``teacher_pass``: teacher statistics gathered before the main training: the outputs wanted besides the
+      logits (``"embedding"``, ``"final_map"``); the harness runs the teacher once over the training split (eval
+      mode, no augmentation, fixed order; once per cohort for all members that ask), hands each batch to
+      :meth:`observe_teacher` and then calls :meth:`finish_teacher_pass`; a method keeps what it computes in
+      registered buffers, which checkpoints save;
     - ``extra_views``: names of extra augmented views of each batch (see :data:`VIEW_AUGMENTATIONS` in
       :mod:`kdbench.training`; e.g. ``("strong",)``), each run through the student and, once per cohort, the
       teacher;
     - ``init_epochs`` > 0: an initialisation phase of that many epochs before the main training, which keeps
-      its full budget; in it the engine calls :meth:`init_losses` and trains only :meth:`init_parameters`, at
-      the constant learning rate ``init_lr`` (``None``, the default: the run's ``lr``).
+      its full budget; in it the engine calls :meth:`init_losses` and trains only :meth:`init_parameters`.
 
     Trainable modules a method creates (adapters, auxiliary heads, projections) are optimised with the student
     (in the groups :meth:`param_groups` gives), counted as ``extra_params_m`` and never part of the deployed
@@ -325,9 +352,9 @@ class Distiller(nn.Module):
         self.embeddings: bool = False
         self.final_maps: bool = False
         self.classifiers: bool = False
+        self.teacher_pass: tuple[str, ...] = ()
         self.extra_views: tuple[str, ...] = ()
         self.init_epochs: int = 0
-        self.init_lr: float | None = None
         self.pairs: tuple[tuple[int, int], ...] = ()
 
     def tap_stage_pairs(self, student: ModelInfo, teacher: ModelInfo, **options: Any) -> tuple[tuple[int, int], ...]:
@@ -361,6 +388,13 @@ class Distiller(nn.Module):
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Return the named, already-weighted loss terms of one step, e.g. ``{"loss_ce": ..., "loss_kd": ...}``."""
         raise NotImplementedError
+
+    def observe_teacher(self, batch: TeacherBatch) -> None:
+        """One batch of the teacher pass before training (methods with a ``teacher_pass`` implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} sets teacher_pass but does not implement observe_teacher")
+
+    def finish_teacher_pass(self) -> None:
+        """Called once after the teacher pass; under torchrun reduce over the processes with ``context.gather``."""
 
     def init_losses(self, step: Step) -> dict[str, Tensor]:
         """The loss terms of one step of the initialisation phase (``step.phase == "init"``).
@@ -603,6 +637,7 @@ __all__ = [
     "RunContext",
     "StageSelection",
     "Step",
+    "TeacherBatch",
     "View",
     "check_declared_ranges",
     "check_params_overrides",

@@ -34,6 +34,7 @@ from kdbench.teachers import Teacher, prepare_teacher
 from kdbench.trackers import attach_trackers, finish_trackers
 from kdbench.training import Member, classification_metrics, predict, top1, train_members
 from kdbench.training.checkpoint import Checkpoints, Resume
+from kdbench.training.forward import teacher_pass_before_training
 
 # ---------------------------------------------------------------------------------------------------------------
 # Claims: one process trains a run at a time
@@ -159,6 +160,10 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
                     _write_failed(spec, options, device, err, cohort_size=len(mine), splits=splits)
         if not members:
             return
+        if teacher is not None:  # teacher statistics some methods gather before training, one pass for all
+            with distributed.collective():
+                teacher_pass_before_training(teacher.model, splits, members, max(256, mine[0].batch_size),
+                                             mine[0].amp, mine[0].channels_last)
         if options.compile:
             for member in members:
                 member.compile()

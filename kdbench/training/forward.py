@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -10,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from kdbench import distributed
+from kdbench.distiller import TeacherBatch
 from kdbench.features import forward_outputs
-from kdbench.training.evaluation import autocast
+from kdbench.training.evaluation import autocast, to_memory_format
 
 if TYPE_CHECKING:
+    from kdbench.data import Splits
     from kdbench.training.member import Member
 
 
@@ -70,6 +74,50 @@ def teacher_outputs(teacher: nn.Module, images: Tensor, views: dict[str, Tensor]
         if any(name in m.method.extra_views for m in users):
             out[name] = teacher_forward(teacher, view, stages, amp, embedding, forward)
     return out
+
+
+def teacher_pass_before_training(teacher: nn.Module, splits: Splits, users: Sequence[Member], batch_size: int,
+                                 amp: bool, channels_last: bool = False) -> None:
+    """Run the teacher once over the training split for every member whose method declares a ``teacher_pass``.
+
+    Eval mode, no augmentation, the split's fixed order (under torchrun each process its share of the batches);
+    one teacher forward per batch serves every member, each getting its own copies (:class:`TeacherBatch`), then
+    each method's ``finish_teacher_pass``. A member whose hooks fail stops alone. The time is teacher time.
+    """
+    users = [m for m in users if m.active and m.uses_teacher and m.method.teacher_pass]
+    if not users:
+        return
+    embedding = any("embedding" in m.method.teacher_pass for m in users)
+    final_map = any("final_map" in m.method.teacher_pass for m in users)
+    started = time.perf_counter()
+    for index, batch in enumerate(splits.eval_batches("train", batch_size)):
+        if not splits.shards_eval_batches and not distributed.mine(index):
+            continue
+        images = to_memory_format(batch.images, channels_last)
+        out = teacher_forward(teacher, images, (), amp, embedding, forward_outputs, final_map)
+        for m in users:
+            if not m.active:
+                continue
+            wants = m.method.teacher_pass
+            try:
+                with torch.no_grad():
+                    m.method.observe_teacher(TeacherBatch(
+                        batch.labels.clone(), batch.indices.clone(), out.logits.clone(),
+                        out.embedding.clone() if "embedding" in wants else None,
+                        out.final_map.clone() if "final_map" in wants else None, m.teacher_classifier))
+            except Exception as err:  # noqa: BLE001 - one member's failure must not stop the others
+                m.fail(err)
+    for m in users:
+        if m.active:
+            try:
+                with torch.no_grad():
+                    m.method.finish_teacher_pass()
+            except Exception as err:  # noqa: BLE001 - as above
+                m.fail(err)
+    share = (time.perf_counter() - started) / len(users)
+    for m in users:
+        m.teacher_time_s += share
+        m.shared_time_s += share
 
 
 @functools.cache
