@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from kdbench.config import RunSpec
-from kdbench.data import DataConfig, describe_dataset
+from kdbench.data import DataConfig, describe_dataset, load_dataset
 from kdbench.errors import ModelError
 from kdbench.features import ModelInfo, classifier_of, describe_model, final_feature_map, forward_outputs
 from kdbench.models import create_model
 from kdbench.training import Member
-from kdbench.training.forward import MAIN_VIEW, teacher_outputs
+from kdbench.training.forward import MAIN_VIEW, teacher_outputs, teacher_pass_before_training
 
 DIGITS_32 = describe_dataset(DataConfig(name="digits", image_size=32))
 
@@ -107,3 +107,27 @@ def test_a_training_step_moves_the_students_classifier_through_the_cam_term():
     m.method.losses(step)["loss_cat"].backward()
     assert m.student.get_classifier().weight.grad.abs().sum() > 0
     assert teacher.get_classifier().weight.grad is None
+
+
+def test_the_teacher_pass_runs_once_per_batch_for_the_cohort_and_gives_each_member_the_class_means():
+    splits = load_dataset(DataConfig(name="digits", image_size=32))
+    teacher = model("test_resnet").requires_grad_(False)
+    kdpp, dkdpp, kd = member("kdpp", teacher), member("dkdpp", teacher), member("kd", teacher)
+    calls = []
+    forward = teacher.forward_features
+    teacher.forward_features = lambda x: calls.append(1) or forward(x)
+    teacher_pass_before_training(teacher, splits, [kdpp, dkdpp, kd], batch_size=256, amp=False)
+    teacher.forward_features = forward
+    assert len(calls) == len(list(splits.eval_batches("train", 256)))  # one forward per batch for the cohort
+    embeddings, labels = [], []
+    with torch.no_grad():
+        for batch in splits.eval_batches("train", 256):
+            embeddings.append(teacher.forward_head(teacher.forward_features(batch.images), pre_logits=True))
+            labels.append(batch.labels)
+    embeddings, labels = torch.cat(embeddings).double(), torch.cat(labels)
+    expected = torch.stack([embeddings[labels == c].mean(0) for c in range(10)]).float()
+    for m in (kdpp, dkdpp):
+        assert torch.allclose(m.method.class_centers, expected, atol=1e-5)
+        assert "class_centers" in m.method.state_dict()  # saved and restored with the member's checkpoints
+        assert m.active and m.teacher_time_s > 0
+    assert kd.teacher_time_s == 0 and not dict(kd.method.named_buffers())

@@ -282,6 +282,12 @@ CLASS_CASES += [  # the final-map / classifier methods: Step.*_final_map and *_c
     ("sdd_dkd_a1_b0.5_T1_M124_imagenet", "sdd_dkd", {"beta": 0.5, "temperature": 1.0}, ("loss_dkd",),
      {"heads": True, "net": True, "epoch": 19}),
 ]
+CLASS_CASES += [  # the teacher-pass methods: the class means of the key set as the pass's result
+    ("kdpp_cifar_res32x4_res8x4", "kdpp", {}, ("loss_kd", "loss_nd"), {"centers": True}),
+    ("kdpp_imagenet_r34_r18", "kdpp", {"kd_weight": 2.5, "temperature": 1.0, "nd_weight": 1.0},
+     ("loss_kd", "loss_nd"), {"centers": True}),
+    ("dkdpp_cifar_res32x4_res8x4", "dkdpp", {}, ("loss_dkd", "loss_nd"), {"centers": True}),
+]
 for _domain, _temperature in (("cifar", 4.0), ("imagenet", 1.0)):
     CLASS_CASES += [
         (f"crld_wv_{_domain}", "crld", {"temperature": _temperature}, ("loss_wv",), {"views": True}),
@@ -319,6 +325,10 @@ def test_method_losses_match_the_authors_code(key, name, overrides, terms, optio
         fields.update(student_final_map=x("final_feat_s"), teacher_final_map=x("final_feat_t"),
                       student_classifier=linear(x("fc_s_weight"), x("fc_s_bias")),
                       teacher_classifier=linear(x("fc_t_weight"), x("fc_t_bias")))
+    if options.pop("centers", False):  # the key's projected embeddings and class means
+        m.projector = nn.Identity()
+        m.class_centers.copy_(x("nd_class_centers"))
+        fields.update(student_embedding=x("proj_s"), teacher_embedding=x("proj_t"))
     if name == "srd":
         fields.update(student_embedding=mean_hw(x("final_feat_s")), teacher_embedding=mean_hw(x("final_feat_t")))
     s = step(m, **options, **fields)
@@ -365,13 +375,14 @@ def test_every_reference_key_is_checked_by_a_pure_function():
 
 def test_every_registered_method_of_this_file_is_checked_through_its_own_losses():
     assert {c[1] for c in CLASS_CASES} == {"ttm", "wttm", "rld", "crld", "ickd", "srd", "mgd", "wkd_f", "catkd",
-                                           "sdd_kd", "sdd_dkd"}
+                                           "sdd_kd", "sdd_dkd", "kdpp", "dkdpp"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # End to end: the registered methods of this file train in one `kdbench run`, CNN -> CNN and CNN -> ViT
 
-REGISTERED = ("ttm", "wttm", "rld", "crld", "ickd", "srd", "mgd", "wkd_f", "catkd", "sdd_kd", "sdd_dkd")
+REGISTERED = ("ttm", "wttm", "rld", "crld", "ickd", "srd", "mgd", "wkd_f", "catkd", "sdd_kd", "sdd_dkd", "kdpp",
+              "dkdpp")
 
 
 @pytest.mark.slow

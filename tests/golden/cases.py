@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdbench.data import DatasetInfo
-from kdbench.distiller import Distiller, RunContext, Step, View, construct_method, get_method
+from kdbench.distiller import Distiller, RunContext, Step, TeacherBatch, View, construct_method, get_method
 from kdbench.features import ModelInfo, StageShape
 
 GOLDEN_DIR = Path(__file__).parent
@@ -38,10 +38,25 @@ CONTEXT = RunContext(epochs=10, steps_per_epoch=10, batch_size=BATCH, num_train=
 
 
 def build(name: str) -> Distiller:
-    """The method with default hyperparameters, its modules initialised from seed 0."""
+    """The method with default hyperparameters, its modules initialised from seed 0.
+
+    A method with a ``teacher_pass`` is given a fixed pass first: two batches of seeded teacher outputs over the
+    training split's labels.
+    """
     cls = get_method(name)
     torch.manual_seed(0)
-    return construct_method(cls, cls.Params(), STUDENT, TEACHER if cls.needs_teacher else None, DATA, CONTEXT)
+    method = construct_method(cls, cls.Params(), STUDENT, TEACHER if cls.needs_teacher else None, DATA, CONTEXT)
+    if method.teacher_pass:
+        g = torch.Generator().manual_seed(99)
+        for indices in torch.arange(DATA.sizes["train"]).chunk(2):
+            n = len(indices)
+            method.observe_teacher(TeacherBatch(
+                TRAIN_LABELS[indices], indices, 3 * torch.randn(n, NUM_CLASSES, generator=g),
+                torch.randn(n, TEACHER.embedding_dim, generator=g) if "embedding" in method.teacher_pass else None,
+                torch.randn(n, TEACHER.num_features, 4, 4, generator=g) if "final_map" in method.teacher_pass
+                else None))
+        method.finish_teacher_pass()
+    return method
 
 
 def step_for(method: Distiller) -> Step:
