@@ -303,7 +303,8 @@ class Distiller(nn.Module):
       :mod:`kdbench.training`; e.g. ``("strong",)``), each run through the student and, once per cohort, the
       teacher;
     - ``init_epochs`` > 0: an initialisation phase of that many epochs before the main training, which keeps
-      its full budget; in it the engine calls :meth:`init_losses` and trains only :meth:`init_parameters`.
+      its full budget; in it the engine calls :meth:`init_losses` and trains only :meth:`init_parameters`, at
+      the constant learning rate ``init_lr`` (``None``, the default: the run's ``lr``).
 
     Trainable modules a method creates (adapters, auxiliary heads, projections) are optimised with the student
     (in the groups :meth:`param_groups` gives), counted as ``extra_params_m`` and never part of the deployed
@@ -355,6 +356,7 @@ class Distiller(nn.Module):
         self.teacher_pass: tuple[str, ...] = ()
         self.extra_views: tuple[str, ...] = ()
         self.init_epochs: int = 0
+        self.init_lr: float | None = None
         self.pairs: tuple[tuple[int, int], ...] = ()
 
     def tap_stage_pairs(self, student: ModelInfo, teacher: ModelInfo, **options: Any) -> tuple[tuple[int, int], ...]:
