@@ -42,6 +42,13 @@ def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
     return (logits - mean) / (eps + std)
 
 
+def compared_logits(student: Tensor, teacher: Tensor, standardize: bool) -> tuple[Tensor, Tensor]:
+    """The logits a logit method compares: as they are, or each z-scored per row (:func:`standardize_logits`)."""
+    if standardize:
+        return standardize_logits(student), standardize_logits(teacher)
+    return student, teacher
+
+
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy with the labels, in float32."""
     return F.cross_entropy(logits.float(), labels)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kdbench.data import DatasetInfo
 from kdbench.distiller import Distiller, MethodParams, RunContext, Step, register_method, valid
 from kdbench.features import ModelInfo
-from kdbench.losses import cross_entropy, kd_loss, standardize_logits
+from kdbench.losses import compared_logits, cross_entropy, kd_loss
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -108,9 +108,7 @@ class CurriculumTemperatureKD(Distiller):
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and KD at the learnt temperature."""
         p = self.params
-        student, teacher = step.student_logits, step.teacher_logits
-        if p.standardize:
-            student, teacher = standardize_logits(student), standardize_logits(teacher)
+        student, teacher = compared_logits(step.student_logits, step.teacher_logits, p.standardize)
         temperature = self.temperature(self.reversal_strength(step))
         return {
             "loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels),

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
-from kdbench.losses import cross_entropy, standardize_logits
+from kdbench.losses import compared_logits, cross_entropy
 
 #: subtracted from the target logit to take it out of the non-target softmax, as in the authors' code
 _MASK_OFFSET = 1000.0
@@ -84,9 +84,7 @@ class DecoupledKD(Distiller):
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy, and the ramped TCKD and NCKD terms."""
         p = self.params
-        student, teacher = step.student_logits, step.teacher_logits
-        if p.standardize:
-            student, teacher = standardize_logits(student), standardize_logits(teacher)
+        student, teacher = compared_logits(step.student_logits, step.teacher_logits, p.standardize)
         tckd, nckd = dkd_terms(student, teacher, step.labels, p.temperature)
         ramp = step.ramp(p.warmup)
         return {

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
-from kdbench.losses import cross_entropy, kd_loss, standardize_logits
+from kdbench.losses import compared_logits, cross_entropy, kd_loss
 
 __all__ = ["LogitKD", "kd_loss"]  # kd_loss stays importable from here for plugins written against older versions
 
@@ -45,9 +45,7 @@ class LogitKD(Distiller):
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy and soft-target terms."""
         p = self.params
-        student, teacher = step.student_logits, step.teacher_logits
-        if p.standardize:
-            student, teacher = standardize_logits(student), standardize_logits(teacher)
+        student, teacher = compared_logits(step.student_logits, step.teacher_logits, p.standardize)
         return {
             "loss_ce": p.ce_weight * cross_entropy(step.student_logits, step.labels),
             "loss_kd": p.kd_weight * kd_loss(student, teacher, p.temperature),

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
-from kdbench.losses import cross_entropy, standardize_logits
+from kdbench.losses import compared_logits, cross_entropy
 
 #: the logit given to masked classes before the softmax, as in the authors' code
 _MASKED = -1e9
@@ -90,9 +90,7 @@ class RefinedLogitDistillation(Distiller):
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted cross-entropy, and the ramped SCD and MCD terms."""
         p = self.params
-        student, teacher = step.student_logits, step.teacher_logits
-        if p.standardize:
-            student, teacher = standardize_logits(student), standardize_logits(teacher)
+        student, teacher = compared_logits(step.student_logits, step.teacher_logits, p.standardize)
         alpha_t = p.temperature if p.alpha_temperature is None else p.alpha_temperature
         scd, mcd = rld_terms(student, teacher, step.labels, p.temperature, alpha_t)
         ramp = step.ramp(p.warmup)

@@ -12,13 +12,12 @@ process:
 
 It prints the checkpoint's share of the epoch; the goal is at most 2%. Usage (from the project root)::
 
-    python tests/benchmarks/checkpoint_cost.py --json reports/checkpoint_cost.json
+    python -m tests.benchmarks.checkpoint_cost --json reports/checkpoint_cost.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from kdbench.plan import expand
 from kdbench.store import Store
 from kdbench.training import Member, teacher_outputs, to_memory_format
 from kdbench.training.checkpoint import Checkpoints, Position, Resume
+from tests.benchmarks import save_figures
 
 METHODS = {"kd": {}, "dkd": {}, "crd": {}, "at": {}, "fitnets": {}}
 TRAIN_IMAGES = 50_000
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
           f"step {step_s * 1000:.0f} ms, epoch {epoch_s:.0f} s ({figures['device']}, {figures['threads']} threads)")
     print(f"checkpoint of the cohort: {figures['checkpoint_total_mb']:.1f} MB in {len(sizes)} files, written in "
           f"{write_s:.2f} s (median of {args.repeats}): {figures['share_of_epoch_pct']:.2f}% of the epoch")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    save_figures(args.json, figures)
     return 0
 
 

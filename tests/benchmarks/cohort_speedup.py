@@ -15,7 +15,7 @@ Trains the same runs twice, side by side in one invocation, into two fresh store
 
 Usage (from the project root)::
 
-    python tests/benchmarks/cohort_speedup.py --teacher resnet50 --student mobilenetv3_small_050 \\
+    python -m tests.benchmarks.cohort_speedup --teacher resnet50 --student mobilenetv3_small_050 \\
         --dataset mnist5k --epochs 1 --json reports/cohort_speedup.json
 
 The default runs are five teacher-using runs: kd at T = 2, 4, 8, fitnets and at. To see what initialisation
@@ -42,6 +42,7 @@ from kdbench.options import ExecOptions
 from kdbench.plan import expand
 from kdbench.scheduler import execute
 from kdbench.teachers import prepare_teacher
+from tests.benchmarks import save_figures
 
 DEFAULT_METHODS = {"kd": {"temperature": [2.0, 4.0, 8.0]}, "fitnets": {}, "at": {}}
 
@@ -166,9 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  teacher passes (counted): one at a time {figures['teacher_passes_one_at_a_time']}, cohort "
           f"{figures['teacher_passes_cohort']}, saved {figures['teacher_passes_saved']}; epochs of teacher forward: "
           f"{figures['teacher_epochs_one_at_a_time']} vs {figures['teacher_epochs_cohort']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    save_figures(args.json, figures)
     return figures
 
 

@@ -11,7 +11,8 @@
 #    (decode=device), with 0, 4, 8 and 16 workers, per core and in total, against the ImageNet protocol's kd step
 #    resnet34 -> resnet18 at batch 512, 224 px, bf16 (whether 16 cores keep the GPU fed);
 # 4. the CIFAR-100 protocol: one epoch of resnet32x4 -> resnet8x4 kd (batch 64, 50,000 images), alone and in a
-#    cohort of five methods; the records' train_time_s x 240 is the projected 240-epoch time.
+#    cohort of five methods; the records' train_time_s x 240 is the projected 240-epoch time;
+# 5. what checkpoints cost that cohort: one end-of-epoch checkpoint of the five members as a share of the epoch.
 #
 # Each step writes its output under OUT_DIR and the script goes on after a failure; the exit code is the number of
 # failed steps.
@@ -47,6 +48,7 @@ step overhead_compile 240 python -m tests.benchmarks.overhead --device cuda --am
 step loader 300 python -m tests.benchmarks.loader --device cuda --workers 0 4 8 16 --images 4096 \
     --source-size 500 375 --teacher resnet34 --student resnet18 --batch-size 512 --amp --channels-last --steps 10 \
     --decode pil device --json "$out/loader.json"
+step checkpoint_cost 240 python -m tests.benchmarks.checkpoint_cost --device cuda --json "$out/checkpoint_cost.json"
 cifar=(--dataset synthetic --data-option size=32 --data-option num_classes=100 --data-option num_samples=62500
        --teacher cifar_resnet32x4 --teacher-epochs 1 --student cifar_resnet8x4 --epochs 1 --batch-size 64
        --device cuda --amp --channels-last --val-fraction 0 --no-progress --teacher-cache "$out/teachers")

@@ -24,7 +24,6 @@ Usage (from the project root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -42,6 +41,7 @@ from kdbench.features import describe_model
 from kdbench.models import create_model
 from kdbench.plan import make_spec
 from kdbench.training import Member, teacher_outputs, to_memory_format
+from tests.benchmarks import save_figures
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -177,9 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  training step ({figures['step']}, main process {args.threads} thread(s)): {step:.1f} samples/s")
     for decode, rate in per_core.items():
         print(f"  decode {decode}: {rate:.0f} images/s per core; this step needs ~{step / rate:.2f} core(s)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    save_figures(args.json, figures)
     return figures
 
 

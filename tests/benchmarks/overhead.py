@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ from kdbench.measure import count_flops
 from kdbench.models import create_model
 from kdbench.plan import make_spec
 from kdbench.training import Member, autocast, teacher_outputs, to_memory_format
+from tests.benchmarks import save_figures
 
 #: dense peak TFLOP/s by device-name fragment: (bf16, fp32 with TF32 convolutions/matmuls, plain fp32)
 PEAK_TFLOPS = {
@@ -252,9 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             line += (f"; {entry['kdbench_tflops']:.1f} TFLOP/s"
                      + (f" = {share:.1%} of {entry['peak_tflops']:g} ({entry['peak_kind']})" if share else ""))
         print(line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    save_figures(args.json, figures)
     return figures
 
 

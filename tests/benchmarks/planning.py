@@ -19,7 +19,6 @@ figure that does not depend on what else runs. Usage (from the project root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 from kdbench.data import DataConfig, clear_dataset_cache, dataset_fingerprint, describe_dataset
 from kdbench.plan import make_spec
+from tests.benchmarks import save_figures
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"every file): {fingerprint_s:.1f} s wall, {cpu['fingerprint']:.2f} s CPU")
     print(f"  plan {args.runs} runs after that: {plan_s:.2f} s wall; engine's uncached recheck: {recheck_s:.1f} s "
           f"wall, {cpu['recheck']:.2f} s CPU")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    save_figures(args.json, figures)
     return figures
 
 

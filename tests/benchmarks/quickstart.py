@@ -13,7 +13,6 @@ Usage (from the project root)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from kdbench.cli import main as kdbench_main
 from kdbench.report.aggregate import leaderboard
 from kdbench.report.console import format_leaderboard_text
 from kdbench.results import load
+from tests.benchmarks import save_figures
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         columns = ["method_label", "n", "top1_mean", "top1_std", "delta_top1", "delta_top1_ci95", "n_paired",
                    "delta_supported"]
         rows = table[columns].to_dict(orient="records")
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"seeds": args.seeds, "wall_s": wall, "methods": rows}, indent=1,
-                                        default=float) + "\n")
+        save_figures(args.json, {"seeds": args.seeds, "wall_s": wall, "methods": rows})
     return 0
 
 
