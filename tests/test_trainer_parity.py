@@ -90,6 +90,10 @@ CASES: dict[str, dict[str, Any]] = {
     # the authors' run with the teacher's post-activation maps in its pre-activation maps' place (make_fixtures)
     "mdistiller_reviewkd_postact": {"method": "reviewkd", "params": {"warmup_epochs": 2},
                                     "terms": {"cls": ["loss_ce"], "kd": ["loss_review"]}},
+    # the logit-standardisation code (an mdistiller fork; --logit-stand at its CIFAR-100 settings)
+    "logit_standardization_kd_ls": {"method": "kd_ls", "params": {}, "terms": {"cls": ["loss_ce"], "kd": ["loss_kd"]}},
+    "logit_standardization_dkd_ls": {"method": "dkd_ls", "params": {"warmup": 2.0},
+                                     "terms": {"cls": ["loss_ce"], "kd": ["loss_tckd", "loss_nckd"]}},
     "mdistiller_crd": {"method": "crd", "params": {"nce_k": 16},
                        "skip_ours": ("sample_order", "class_start", "class_count", "nce_z"),
                        "terms": {"cls": ["loss_ce"], "kd": ["loss_crd"]}},

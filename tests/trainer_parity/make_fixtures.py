@@ -7,6 +7,7 @@ commit)::
     python -m tests.trainer_parity.make_fixtures --repdistiller RepDistiller [--only kd,crd]
     git clone https://github.com/megvii-research/mdistiller && git -C mdistiller checkout <MDISTILLER_COMMIT>
     python -m tests.trainer_parity.make_fixtures --mdistiller mdistiller
+    python -m tests.trainer_parity.make_fixtures --logit-standardization logit-standardization-KD
 
 The authors' code needs only torch and numpy for what is driven here. For each method it builds the student,
 teacher, module list, criterion list and optimiser with the same calls, in the same order, as the authors'
@@ -84,6 +85,18 @@ MDISTILLER_RUNS: dict[str, dict[str, Any]] = {
             "cfg": {"CRD": {"MODE": "exact", "FEAT": {"DIM": 128, "STUDENT_DIM": 64, "TEACHER_DIM": 256},
                             "LOSS": {"CE_WEIGHT": 1.0, "FEAT_WEIGHT": 0.8},
                             "NCE": {"K": 16, "MOMENTUM": 0.5, "TEMPERATURE": 0.07}}}},
+}
+LOGIT_STANDARDIZATION = "sunshangquan/logit-standardization-KD"
+LOGIT_STANDARDIZATION_COMMIT = "f6e5aa5172bad618e801163c3385322eea673754"
+#: the logit-standardisation code (a fork of mdistiller, same trainer): ``tools/train.py --logit-stand`` sets
+#: ``EXPERIMENT.LOGIT_STAND``, the base temperature 2 and KD weight 9 (DKD: alpha and beta times 9)
+LOGIT_STANDARDIZATION_RUNS: dict[str, dict[str, Any]] = {
+    "kd_ls": {"type": "KD", "trainer": "base", "method": "kd_ls",
+              "cfg": {"EXPERIMENT": {"LOGIT_STAND": True},
+                      "KD": {"TEMPERATURE": 2.0, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 9.0}}}},
+    "dkd_ls": {"type": "DKD", "trainer": "base", "method": "dkd_ls",
+               "cfg": {"EXPERIMENT": {"LOGIT_STAND": True},
+                       "DKD": {"CE_WEIGHT": 1.0, "ALPHA": 9.0, "BETA": 72.0, "T": 2.0, "WARMUP": 2}}},
 }
 MDISTILLER_FILES = ["mdistiller/engine/trainer.py", "mdistiller/engine/utils.py", "mdistiller/engine/cfg.py",
                     "mdistiller/distillers/", "mdistiller/models/cifar/resnet.py", "configs/cifar100/"]
@@ -340,17 +353,22 @@ def contrast_rows(indices: torch.Tensor, labels: torch.Tensor, nce_k: int, rng: 
     return rows
 
 
-def mdistiller_run(name: str, root: Path) -> dict[str, Any]:
-    """Drive mdistiller's training of one run of :data:`MDISTILLER_RUNS` from the common start; returns the fixture."""
+def mdistiller_run(name: str, root: Path, repo: str = MDISTILLER) -> dict[str, Any]:
+    """Drive mdistiller's training of one run of :data:`MDISTILLER_RUNS` from the common start; returns the fixture.
+
+    ``repo`` is :data:`LOGIT_STANDARDIZATION` for its fork's runs (:data:`LOGIT_STANDARDIZATION_RUNS`).
+    """
     from mdistiller.distillers import distiller_dict
     from mdistiller.engine.trainer import BaseTrainer, CRDTrainer
     from mdistiller.engine.utils import AverageMeter, adjust_learning_rate
     from mdistiller.models import cifar_model_dict
 
-    run = MDISTILLER_RUNS[name]
+    runs, commit = ((LOGIT_STANDARDIZATION_RUNS, LOGIT_STANDARDIZATION_COMMIT) if repo == LOGIT_STANDARDIZATION
+                    else (MDISTILLER_RUNS, MDISTILLER_COMMIT))
+    run = runs[name]
     method = run.get("method", name)
     if "cfg" not in run:
-        run = {**MDISTILLER_RUNS[method], **run}
+        run = {**runs[method], **run}
     cfg = _namespace({"SOLVER": {"EPOCHS": common.EPOCHS, "LR": 0.05, "LR_DECAY_STAGES": list(common.LR_DECAY_EPOCHS),
                                  "LR_DECAY_RATE": 0.1, "WEIGHT_DECAY": 5e-4, "MOMENTUM": 0.9, "TYPE": "SGD",
                                  "BATCH_SIZE": common.BATCH_SIZE, "TRAINER": run["trainer"]},
@@ -428,7 +446,7 @@ def mdistiller_run(name: str, root: Path) -> dict[str, Any]:
         steps.append(s)
     return {
         "method": method,
-        "source": {"repo": MDISTILLER, "commit": _git_commit(root) or MDISTILLER_COMMIT, "files": MDISTILLER_FILES,
+        "source": {"repo": repo, "commit": _git_commit(root) or commit, "files": MDISTILLER_FILES,
                    "distiller": run["type"], "trainer": run["trainer"], "teacher_post_activation": bool(
                        run.get("postact")), "cfg": json.loads(json.dumps(cfg, default=vars))},
         "schedule": {"epochs": common.EPOCHS, "init_epochs": 0, "lr_decay_epochs": list(common.LR_DECAY_EPOCHS),
@@ -480,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repdistiller", type=Path, help="a checkout of HobbitLong/RepDistiller")
     parser.add_argument("--mdistiller", type=Path, help="a checkout of megvii-research/mdistiller")
+    parser.add_argument("--logit-standardization", type=Path,
+                        help="a checkout of sunshangquan/logit-standardization-KD")
     parser.add_argument("--only", default="", help="comma-separated kdbench method names (and/or 'checkpoints')")
     args = parser.parse_args(argv)
     only = {m for m in args.only.split(",") if m}
@@ -512,6 +532,17 @@ def main(argv: list[str] | None = None) -> None:
             checkpoints[MDISTILLER] = {"commit": _git_commit(args.mdistiller) or MDISTILLER_COMMIT,
                                        "files": ["mdistiller/models/cifar/"],
                                        "models": checkpoint_models(MDISTILLER)}
+    if args.logit_standardization:
+        for name in [m for m in sys.modules if m.split(".")[0] == "mdistiller"]:
+            del sys.modules[name]  # its fork's package has the same name
+        if args.mdistiller:
+            sys.path.remove(str(args.mdistiller.resolve()))
+        sys.path.insert(0, str(args.logit_standardization.resolve()))
+        for name, run in LOGIT_STANDARDIZATION_RUNS.items():
+            if only and run.get("method", name) not in only:
+                continue
+            write(f"logit_standardization_{name}",
+                  mdistiller_run(name, args.logit_standardization, LOGIT_STANDARDIZATION))
     if checkpoints:
         ours = checkpoints.get(MDISTILLER, {}).get("models", {})
         theirs = checkpoints.get(REPDISTILLER, {}).get("models", {})
