@@ -59,12 +59,14 @@ class Outcome:
         plan: the first plan (what was done, failed and pending before anything trained).
         records: the records of the asked-for runs that the store holds now, in the order asked.
         problems: one line per teacher that could not be prepared or cohort that could not start.
+        errors: the errors behind the problems that this process caught (the local executor's).
         missing: asked-for runs without a record (trained by another process, or given up after a problem).
     """
 
     plan: Plan
     records: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
     missing: list[RunSpec] = field(default_factory=list)
 
 
@@ -107,6 +109,7 @@ def schedule(specs: Sequence[RunSpec], options: ExecOptions, placement: Placemen
             before = len(bar.finished)
             result = executor.run(job, bar)
             outcome.problems.extend(result.problems)
+            outcome.errors.extend(result.errors)
             given_up |= result.given_up
             bar.settle(pending)  # runs other processes finished meanwhile count too
             progressed = len(bar.finished) > before
@@ -135,9 +138,12 @@ def execute(specs: Sequence[RunSpec], options: ExecOptions) -> list[dict[str, An
     Records of finished runs are read from the store, so the return value is the whole picture either way.
 
     Raises:
-        KDBenchError: a teacher could not be prepared, or a cohort could not start (the first such problem).
+        KDBenchError: a teacher could not be prepared, or a cohort could not start: the first such error, as it was
+            raised (a :class:`~kdbench.errors.DataError` stays one).
     """
     outcome = schedule(specs, options, run_bar=False)
+    if outcome.errors:
+        raise outcome.errors[0]
     if outcome.problems:
         raise KDBenchError(outcome.problems[0])
     return outcome.records

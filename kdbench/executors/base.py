@@ -66,10 +66,13 @@ class SweepOutcome:
         problems: one line per teacher that could not be prepared or cohort that could not start.
         given_up: run ids of the cohorts behind those problems: the scheduler does not plan them again in this
             invocation (a rerun of the command tries them again).
+        errors: the errors behind the problems, where this process caught them (the local executor), so that a
+            caller in code can raise the first as it was raised.
     """
 
     problems: list[str] = field(default_factory=list)
     given_up: set[str] = field(default_factory=set)
+    errors: list[BaseException] = field(default_factory=list)
 
     def give_up(self, cohort: Sequence[RunSpec], problem: str | None) -> None:
         """Note ``problem`` (if any) and leave ``cohort``'s runs out of this invocation's next plans."""

@@ -62,6 +62,7 @@ class LocalExecutor(Executor):
                 except KDBenchError as err:  # under torchrun every rank raises it (rank 0's, shared)
                     error = f"{cohort_label(cohort)}: {err}"
                     outcome.problems.append(error)
+                    outcome.errors.append(err)
                     write(f"FAILED {error}")
             if error is not None:
                 outcome.give_up(cohort, None)
@@ -90,6 +91,7 @@ class LocalExecutor(Executor):
         except KDBenchError as err:
             self.teacher_errors[key] = f"teacher {user.teacher} ({user.dataset}, {user.teacher_epochs} epochs): {err}"
             outcome.problems.append(self.teacher_errors[key])
+            outcome.errors.append(err)
             options.log(f"FAILED {self.teacher_errors[key]}")
             return self.teacher_errors[key]
         self.teachers_ready.add(key)
