@@ -131,3 +131,24 @@ def test_the_teacher_pass_runs_once_per_batch_for_the_cohort_and_gives_each_memb
         assert "class_centers" in m.method.state_dict()  # saved and restored with the member's checkpoints
         assert m.active and m.teacher_time_s > 0
     assert kd.teacher_time_s == 0 and not dict(kd.method.named_buffers())
+
+
+@pytest.mark.slow
+def test_the_new_capabilities_give_each_run_its_solo_record_in_a_cohort(tmp_path):
+    """Final maps, classifiers and the teacher pass shared by a cohort change no member's record."""
+    from kdbench.options import ExecOptions
+    from kdbench.plan import expand
+    from kdbench.scheduler import execute
+    from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
+
+    specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], seeds=[0], epochs=1, teacher_epochs=1,
+                   batch_size=64, lr=0.01, methods={"kd": {}, "catkd": {}, "kdpp": {}})
+
+    def run(folder: str, cohort: bool) -> list[dict]:
+        return execute(specs, ExecOptions(results=tmp_path / folder, device="cpu", progress=False, measure=False,
+                                          log=lambda _: None, teacher_cache=tmp_path / "teachers", cohort=cohort))
+
+    together, alone = run("cohort", True), run("solo", False)
+    assert [r["cohort_size"] for r in together] == [3] * 3 and all(r["status"] == "ok" for r in together)
+    assert [strip_timing(r) for r in together] == [strip_timing(r) for r in alone]
+    assert {r["method"]: r["extra_buffers_m"] > 0 for r in together}["kdpp"]  # the class means, kept as a buffer
