@@ -8,7 +8,8 @@ the store and the training package) wrote for this command, run from a fresh fol
         --set ab.init_epochs=2 --set fitnets.hint_epochs=1 --seeds 0 1 --epochs 2 --teacher-epochs 1 \\
         --batch-size 64 --device cpu --no-progress
 
-(only the records are kept: the teacher is trained again here). They cover a teacher-free run, logit methods, a
+(with ``OMP_NUM_THREADS=1``; only the records are kept: the teacher is trained again here, on one torch thread too,
+since sums over several threads may round differently). They cover a teacher-free run, logit methods, a
 memory-bank method and two methods with an initialisation phase, all trained in one cohort per seed. Today's code
 must find every one of them done (same run ids, the record contract still met), and a run whose record is removed
 must be trained again to the same figures: the same losses at every epoch, the same accuracies, bit for bit on the
@@ -61,7 +62,7 @@ def records(results: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_an_old_store_is_done_and_a_removed_run_trains_again_to_the_same_record(tmp_path, capsys):
+def test_an_old_store_is_done_and_a_removed_run_trains_again_to_the_same_record(tmp_path, capsys, one_torch_thread):
     results = copy_store(tmp_path)
     before = {p.name: p.read_bytes() for p in (results / "runs").iterdir()}
     assert len(before) == 12
