@@ -177,8 +177,7 @@ def run_cohort(specs: Sequence[RunSpec], options: ExecOptions, device: torch.dev
         cohort_id = members[0].spec.run_id
         checkpoints = Checkpoints(Store.of(options), options.checkpoint_every, options.checkpoint_minutes,
                                   log=options.log)
-        with distributed.collective():
-            resumes = {id(m): checkpoints.restore(m) for m in members}
+        resumes = {id(m): checkpoints.restore(m) for m in members}
         steps = splits.num_batches("train", mine[0].batch_size)
         pair = f"{teacher.name if teacher else '-'} -> {', '.join(sorted({m.spec.student for m in members}))}"
         started = time.perf_counter()

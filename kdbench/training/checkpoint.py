@@ -239,8 +239,9 @@ class Checkpoints:
         member.own_time_s, member.shared_time_s = float(times["own"]), float(times["shared"])
         member.teacher_time_s, member.samples = float(times["teacher"]), int(times["samples"])
         rngs = state["rng"]
-        rank = distributed.world().rank if distributed.enabled() else 0
-        if len(rngs) != (distributed.world().size if distributed.enabled() else 1):
+        world = distributed.world()  # a world of one without torchrun
+        rank = world.rank
+        if len(rngs) != world.size:
             self.log(f"warning: checkpoint of {member.label} was written by {len(rngs)} process(es); resuming "
                      "with another number: its in-step randomness differs from an uninterrupted run's")
         _set_rng_state(member, rngs[min(rank, len(rngs) - 1)])
