@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import pickle
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from kdbench.data.base import DataConfig, cleared_with_datasets, data_root, first_line, register_dataset
 from kdbench.data.tensors import Arrays, ImageFormat, TensorSource
-from kdbench.errors import DataError
+from kdbench.errors import ConfigError, DataError
 
 
 @cleared_with_datasets
@@ -38,7 +40,15 @@ def _read_cifar_files(folder: str, files: tuple[str, ...], label_key: bytes,
 
 
 class _CifarSource(TensorSource):
-    """CIFAR in torchvision's on-disk python format (pickled dicts of channel-major uint8 rows)."""
+    """CIFAR in torchvision's on-disk python format (pickled dicts of channel-major uint8 rows).
+
+    Options: ``mean`` and ``std`` (three numbers each, of pixels scaled to [0, 1]) replace the normalisation
+    constants; by default the training set's per-channel statistics. The CIFAR-100 KD code bases (RepDistiller,
+    mdistiller) normalise with constants of their own, :data:`CRD_CIFAR100_MEAN` and :data:`CRD_CIFAR100_STD`,
+    which the standard protocol's sweep spec sets through these options.
+    """
+
+    option_defaults: ClassVar[Mapping[str, Any]] = {"mean": None, "std": None}
 
     title: ClassVar[str]
     folder_name: ClassVar[str]
@@ -49,9 +59,24 @@ class _CifarSource(TensorSource):
     mean: ClassVar[tuple[float, ...]]
     std: ClassVar[tuple[float, ...]]
 
+    def options(self, config: DataConfig) -> dict[str, Any]:
+        """See :meth:`DatasetSource.options`; ``mean`` and ``std`` are three finite numbers (``std`` positive)."""
+        merged = super().options(config)
+        for key in ("mean", "std"):
+            value = merged[key]
+            if value is not None and not (isinstance(value, list | tuple) and len(value) == 3 and all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+                raise ConfigError(f"dataset option {key!r} must be a list of three numbers, got {value!r}")
+            if key == "std" and value is not None and min(value) <= 0:
+                raise ConfigError(f"dataset option 'std' must be positive, got {value!r}")
+        return merged
+
     def image_format(self, config: DataConfig) -> ImageFormat:
         """See :meth:`TensorSource.image_format`."""
-        return ImageFormat(num_classes=self.num_classes, in_chans=3, native_size=32, mean=self.mean, std=self.std,
+        options = self.options(config)
+        mean = tuple(float(v) for v in options["mean"]) if options["mean"] is not None else self.mean
+        std = tuple(float(v) for v in options["std"]) if options["std"] is not None else self.std
+        return ImageFormat(num_classes=self.num_classes, in_chans=3, native_size=32, mean=mean, std=std,
                             flip=True, crop_padding=4, pixel_max=255.0)
 
     def class_counts(self, config: DataConfig) -> tuple[np.ndarray, int | None]:
@@ -97,6 +122,12 @@ class _CifarSource(TensorSource):
                 dataset_class(root=str(root), train=train, download=True)
         except Exception as error:  # network, disk and checksum failures all become one line
             raise DataError(f"{self.name}: cannot download {self.title} into {root}: {first_line(error)}") from None
+
+
+#: The CIFAR-100 normalisation of RepDistiller's ``dataset/cifar100.py`` and mdistiller's
+#: ``mdistiller/dataset/cifar100.py`` (the same constants in both): per-channel mean and std of pixels in [0, 1]
+CRD_CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CRD_CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 
 
 @register_dataset("cifar10")
