@@ -305,6 +305,11 @@ class Distiller(nn.Module):
     - ``init_epochs`` > 0: an initialisation phase of that many epochs before the main training, which keeps
       its full budget; in it the engine calls :meth:`init_losses` and trains only :meth:`init_parameters`, at
       the constant learning rate ``init_lr`` (``None``, the default: the run's ``lr``).
+    - ``gradient_groups``: loss terms whose gradients the method's own optimiser keeps apart, as group name ->
+      term names (e.g. ``{"task": ("loss_ce",), "kd": ("loss_kd",)}``; every term in exactly one group); in the
+      main phase the harness runs one backward pass per group (each averaged over the processes under torchrun)
+      and hands the gradients to the optimiser :meth:`make_optimizer` returns, whose ``step_groups(grads)``
+      updates the parameters (an initialisation phase keeps the run's optimiser).
 
     Trainable modules a method creates (adapters, auxiliary heads, projections) are optimised with the student
     (in the groups :meth:`param_groups` gives), counted as ``extra_params_m`` and never part of the deployed
@@ -357,6 +362,7 @@ class Distiller(nn.Module):
         self.extra_views: tuple[str, ...] = ()
         self.init_epochs: int = 0
         self.init_lr: float | None = None
+        self.gradient_groups: dict[str, tuple[str, ...]] = {}
         self.pairs: tuple[tuple[int, int], ...] = ()
 
     def tap_stage_pairs(self, student: ModelInfo, teacher: ModelInfo, **options: Any) -> tuple[tuple[int, int], ...]:
@@ -420,6 +426,19 @@ class Distiller(nn.Module):
         """
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params}] if params else []
+
+    def make_optimizer(self, groups: list[dict[str, Any]], *, kind: str, lr: float, momentum: float,
+                       weight_decay: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+        """The main phase's optimiser of a method with ``gradient_groups``, over the run's parameter groups.
+
+        ``groups`` are the student's group and :meth:`param_groups` (each with ``params``, ``lr_scale`` and maybe
+        ``weight_decay``); the keywords are the run's optimiser settings (``kind``: ``sgd`` or ``adamw``). The
+        optimiser's ``step_groups(grads)`` gets group name -> one gradient per parameter (``None`` where the group
+        does not reach it), in the order of its ``param_groups``' parameters; the schedule sets each group's
+        ``lr``, and checkpoints save its ``state_dict()``. Raise a :class:`~kdbench.errors.ConfigError` for
+        settings it cannot train with.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets gradient_groups but does not implement make_optimizer")
 
     def prepare_student(self, student: nn.Module) -> None:
         """Adapt the freshly created student before training (e.g. turn on a distillation head); no-op by default.

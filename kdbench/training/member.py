@@ -20,7 +20,7 @@ from kdbench.features import ModelInfo, classifier_of, describe_model, forward_o
 from kdbench.models import count_params_m, create_model
 from kdbench.training.evaluation import autocast, predict, top1
 from kdbench.training.forward import MAIN_VIEW, TeacherOutput, compiled_forward
-from kdbench.training.optim import learning_rate, make_optimizer, set_learning_rate
+from kdbench.training.optim import backward_groups, learning_rate, make_optimizer, set_learning_rate
 from kdbench.training.rng import RNGState, ensure_mode, host_rngs_preserved
 from kdbench.views import VIEW_AUGMENTATIONS
 
@@ -136,7 +136,7 @@ class Member:
         distributed.sync_batchnorm(self.student, self.method)  # under torchrun: global-batch statistics
         distributed.broadcast_state(self.student, self.method)  # and rank 0's initial weights on every rank
         self.optimizer = make_optimizer(spec, [{"params": list(self.student.parameters())},
-                                               *self.method.param_groups()])
+                                               *self.method.param_groups()], self.method)
         self.best_val = self.best_val_epoch = self.best_state = None
 
     def _take_classifiers(self) -> None:
@@ -249,10 +249,14 @@ class Member:
                 values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                 where = "initialisation epoch" if init else "epoch"
                 raise NonFiniteLoss(f"non-finite loss at {where} {epoch + 1}, step {iteration + 1} ({values})")
-            optimizer.zero_grad(set_to_none=True)
-            (loss * weight if weight != 1.0 else loss).backward()
-            distributed.average_gradients(optimizer)
-            optimizer.step()
+            groups = None if init else getattr(self.method, "gradient_groups", None)
+            if groups:  # the method's own optimiser takes each group's gradients apart
+                optimizer.step_groups(backward_groups(optimizer, terms, groups, spec.method, weight))
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                (loss * weight if weight != 1.0 else loss).backward()
+                distributed.average_gradients(optimizer)
+                optimizer.step()
         logits = step.student_logits
         stats = self.stats
         for name, value in terms.items():  # weighted as the gradient, so the ranks' mean is the whole batch's
