@@ -4,7 +4,11 @@ A *pair* is (dataset, teacher, student) under one training budget. Methods that 
 ``ce`` baseline, self-distillation) are recorded with ``teacher = null``; such a run belongs to every pair of its
 dataset, student and budget, so one ``ce`` run serves every teacher. Where no teacher-based run exists for its
 student, it forms a pair with the teacher ``"none"``. The teacher's own training length (``teacher_epochs``) is
-part of a pair's budget; a teacher-free run matches any.
+part of a pair's budget; a teacher-free run matches any. So are the teacher's weights' origin (``teacher_origin``:
+``trained`` by kdbench, the default of records that do not say; ``checkpoint``, a file such as the authors' released
+teachers; ``pretrained``, timm's weights) and the checkpoint's SHA-256: runs distilled from different teachers of
+one architecture are never pooled, and tables mark the teachers kdbench did not train. The dataset's identifying
+options (the normalisation a spec sets, ...) are part of the student's budget.
 
 Only runs with ``status == "ok"`` are aggregated; failed runs are counted in ``n_failed`` and listed.
 """
@@ -19,14 +23,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdbench.report.formatting import marked_teacher
 from kdbench.report.stats import mean_std_ci
 
 NO_TEACHER = "none"
 STUDENT_BUDGET_COLUMNS = (  # data_fingerprint: other files under one dataset name are another leaderboard group
-    "epochs", "batch_size", "lr", "schedule", "milestones", "weight_decay", "data_fingerprint", "val_fraction",
-    "image_size",
+    "epochs", "batch_size", "lr", "schedule", "milestones", "weight_decay", "data_fingerprint", "data_identity",
+    "val_fraction", "image_size",
 )
-TEACHER_BUDGET_COLUMNS = ("teacher_epochs",)
+TEACHER_BUDGET_COLUMNS = ("teacher_epochs", "teacher_origin", "teacher_ckpt_sha256")
+#: What a teacher's weights are when a record does not say (records written before ``teacher_source`` existed)
+TRAINED = "trained"
+#: Teacher sources whose weights kdbench did not train: a checkpoint file or timm's pretrained weights
+EXTERNAL_TEACHERS = ("checkpoint", "pretrained")
 BUDGET_COLUMNS = STUDENT_BUDGET_COLUMNS[:-2] + TEACHER_BUDGET_COLUMNS + STUDENT_BUDGET_COLUMNS[-2:]
 PAIR_KEY = ["dataset", "teacher", "student", "budget_key"]
 VARIANT_KEY = ["method", "method_params_json"]
@@ -37,7 +46,8 @@ NUMERIC_COLUMNS = (
     "gpu_peak_mem_mb", "train_time_s", "train_samples_per_s", "teacher_time_s", "teacher_time_share",
 )
 TEXT_COLUMNS = (
-    "run_id", "status", "error", "dataset", "teacher", "student", "method", "method_label", "device",
+    "run_id", "status", "error", "dataset", "teacher", "student", "method", "method_label", "teacher_source",
+    "teacher_ckpt_sha256", "device",
     "device_name", "gpu_name", "hostname", "torch_version", "timm_version", "kdbench_version", "git_commit",
     "python_version", "tuning", "tuned_params",
 )
@@ -67,8 +77,14 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def budget_label(budget: Mapping[str, Any]) -> str:
-    """A short human-readable form of a budget, e.g. ``240 ep, bs 64, lr 0.05 step@150/180/210, wd 0.0005``."""
+def budget_label(budget: Mapping[str, Any], name_trained: bool = False) -> str:
+    """A short human-readable form of a budget, e.g. ``240 ep, bs 64, lr 0.05 step@150/180/210, wd 0.0005``.
+
+    A teacher kdbench did not train is named with its checkpoint's digest (``teacher checkpoint 1a2b3c4d5e6f``);
+    one kdbench trained only with ``name_trained`` (where budgets differ by it).
+    """
+    from kdbench.report.formatting import SHA_DIGITS
+
     parts: list[str] = []
     if budget.get("epochs") is not None:
         parts.append(f"{budget['epochs']} ep")
@@ -87,11 +103,43 @@ def budget_label(budget: Mapping[str, Any]) -> str:
         parts.append(f"wd {budget['weight_decay']:g}")
     if budget.get("teacher_epochs") is not None:
         parts.append(f"teacher {budget['teacher_epochs']} ep")
+    origin, digest = budget.get("teacher_origin"), budget.get("teacher_ckpt_sha256")
+    if origin in EXTERNAL_TEACHERS:
+        parts.append(f"teacher {origin}" + (f" {digest[:SHA_DIGITS]}" if isinstance(digest, str) else ""))
+    elif origin == TRAINED and name_trained:
+        parts.append("teacher trained by kdbench")
+    if budget.get("data_identity"):
+        parts.append("data " + " ".join(f"{k}={_option_text(v)}" for k, v in sorted(budget["data_identity"].items())))
     if budget.get("val_fraction"):
         parts.append(f"val {budget['val_fraction']:g}")
     if budget.get("image_size") is not None:
         parts.append(f"{budget['image_size']}px")
     return ", ".join(parts) if parts else "default budget"
+
+
+def _option_text(value: Any) -> str:
+    return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) \
+        else str(value)
+
+
+def _teacher_origin(teacher: Any, source: Any) -> str | None:
+    """Where a run's teacher weights come from: ``trained`` (by kdbench), ``checkpoint`` or ``pretrained``.
+
+    ``None`` for a teacher-free run. A record without ``teacher_source`` is from before that field existed: kdbench
+    trained its teacher.
+    """
+    if _is_missing(teacher) or teacher == "":
+        return None
+    return source if isinstance(source, str) and source in EXTERNAL_TEACHERS else TRAINED
+
+
+def _data_identity(options: Any) -> dict[str, Any] | None:
+    """The data options that identify the data (the loader's speed options left out); ``None`` when there are none."""
+    from kdbench.config import identity_data_options
+
+    if not isinstance(options, Mapping):
+        return None
+    return {str(k): _canonical(v) for k, v in sorted(identity_data_options(options).items())} or None
 
 
 def _budget_part(row: Mapping[str, Any], columns: Iterable[str]) -> dict[str, Any]:
@@ -127,6 +175,13 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     teachers = [None if _is_missing(t) or t == "" else str(t) for t in prepared["teacher"]]
     prepared["teacher"] = pd.Series(teachers, index=prepared.index, dtype=object)
     prepared["uses_teacher"] = [t is not None for t in teachers]
+    origins = [_teacher_origin(t, s) for t, s in zip(teachers, prepared["teacher_source"], strict=True)]
+    prepared["teacher_origin"] = pd.Series(origins, index=prepared.index, dtype=object)
+    digests = [d if o in EXTERNAL_TEACHERS and isinstance(d, str) and d else None
+               for o, d in zip(origins, prepared["teacher_ckpt_sha256"], strict=True)]
+    prepared["teacher_ckpt_sha256"] = pd.Series(digests, index=prepared.index, dtype=object)
+    options = prepared["data_options"] if "data_options" in prepared else [None] * len(prepared)
+    prepared["data_identity"] = pd.Series([_data_identity(o) for o in options], index=prepared.index, dtype=object)
     records = prepared.to_dict("records")
     prepared["student_budget_key"] = [
         json.dumps(_budget_part(r, STUDENT_BUDGET_COLUMNS), sort_keys=True) for r in records
@@ -289,7 +344,7 @@ def delta_is_supported(delta: float, ci95: float, n_paired: int) -> bool:
 
 LEADERBOARD_COLUMNS = [
     "dataset", "teacher", "student", "budget", "method", "method_label", "uses_teacher", "teacher_source",
-    "is_baseline", "n",
+    "teacher_origin", "teacher_ckpt_sha256", "is_baseline", "n",
     "n_failed", "top1_mean", "top1_std", "top1_ci95", "top5_mean", "agreement_mean", "delta_top1", "delta_top1_std",
     "delta_top1_ci95", "n_paired", "delta_supported", "teacher_top1", "params_m", "extra_params_m", "gmacs", "gflops",
     "cpu_latency_ms_bs1", "gpu_samples_per_s", "gpu_name", "train_time_s_mean", "tuning", "tuned_params",
@@ -305,7 +360,9 @@ def leaderboard(frame: pd.DataFrame, baseline: str = "ce") -> pd.DataFrame:
     this variant's top-1 minus the baseline's in the same pair), ``delta_top1_std``, ``delta_top1_ci95`` and
     ``n_paired`` (NaN / 0 for the baseline itself and where no seed pairs up); ``teacher_top1`` of the pair;
     ``params_m``, ``extra_params_m``, ``gmacs``, ``gflops``, ``cpu_latency_ms_bs1``, ``gpu_samples_per_s``
-    (medians); ``train_time_s_mean``; and the keys ``method_params_json`` and ``budget_key``.
+    (medians); ``train_time_s_mean``; the pair's ``teacher_origin`` (``trained`` by kdbench, ``checkpoint``,
+    ``pretrained``; ``None`` without a teacher) and ``teacher_ckpt_sha256``; and the keys ``method_params_json`` and
+    ``budget_key``.
 
     Args:
         frame: a store loaded by :func:`kdbench.results.load`.
@@ -320,12 +377,15 @@ def leaderboard(frame: pd.DataFrame, baseline: str = "ce") -> pd.DataFrame:
         base_rows = pair_rows[pair_rows["method_label"] == baseline_label]
         baseline_seeds = _per_seed_top1(base_rows) if not base_rows.empty else None
         teacher_top1 = _teacher_top1(pair_rows)
+        teacher_budget = json.loads(pair_rows["teacher_budget_key"].iloc[0])
         for variant, variant_rows in pair_rows.groupby(VARIANT_KEY, sort=True, dropna=False):
             is_baseline = variant_rows["method_label"].iloc[0] == baseline_label
             row = dict(zip(PAIR_KEY, pair, strict=True)) | dict(zip(VARIANT_KEY, variant, strict=True))
             row.update(_variant_row(variant_rows, baseline_seeds, is_baseline))
             row["budget"] = variant_rows["budget"].iloc[0]
             row["teacher_top1"] = teacher_top1
+            row["teacher_origin"] = teacher_budget.get("teacher_origin")
+            row["teacher_ckpt_sha256"] = teacher_budget.get("teacher_ckpt_sha256")
             rows.append(row)
     table = pd.DataFrame(rows)[LEADERBOARD_COLUMNS]
     table = table.sort_values(
@@ -357,7 +417,7 @@ def budget_differences(budget_keys: Iterable[str]) -> dict[str, str]:
         differing = {f: v for f, v in budget.items() if any(other.get(f) != v for other in budgets.values())}
         if "milestones" in differing and "schedule" not in differing:
             differing["schedule"] = budget.get("schedule")
-        labels[key] = budget_label(differing) if differing else budget_label(budget)
+        labels[key] = budget_label(differing, name_trained=True) if differing else budget_label(budget)
     return labels
 
 
@@ -378,7 +438,8 @@ def pair_labels(table: pd.DataFrame, multiline: bool = False) -> dict[tuple[Any,
             budget_text[(*trio, budget_key)] = text
     labels = {}
     for key in keys:
-        parts = [f"{key[1]}", f"→ {key[2]}"] if multiline else [f"{key[1]} → {key[2]}"]
+        teacher = marked_teacher(key[1], json.loads(key[3]).get("teacher_origin"))
+        parts = [f"{teacher}", f"→ {key[2]}"] if multiline else [f"{teacher} → {key[2]}"]
         if several_datasets:
             parts.insert(0, f"{key[0]}" if multiline else f"{key[0]}:")
         if len(budgets_per_trio[key[:3]]) > 1:

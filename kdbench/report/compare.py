@@ -10,8 +10,12 @@ from kdbench.report.aggregate import PAIR_KEY
 
 COMPARISON_COLUMNS = [
     "dataset", "teacher", "student", "method", "budget", "published_top1", "measured_top1", "measured_std", "n",
-    "difference", "reporting", "source",
+    "difference", "reporting", "source", "teacher_origin", "teacher_ckpt_sha256",
 ]
+#: How kdbench's measured figure is taken, for the reader of a comparison (``top1`` of the run record)
+MEASURED_AS = ("Measured: the record's top1, test top-1 after the last epoch (as CRD reports; no epoch is selected "
+               "on the test set), mean over seeds. `reporting` says how each source took its figure (DKD and logit "
+               "standardisation: the best test epoch, which reads higher than the last).")
 
 
 def load_published_table() -> pd.DataFrame | None:
@@ -50,6 +54,8 @@ def _measured_rows(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     rows = []
     for key, pair_rows in table.groupby(PAIR_KEY, sort=False, dropna=False):
         pair = dict(zip(PAIR_KEY, key, strict=True)) | {"budget": pair_rows["budget"].iloc[0]}
+        for column in ("teacher_origin", "teacher_ckpt_sha256"):  # which teacher: kdbench's, or a checkpoint's
+            pair[column] = pair_rows[column].iloc[0] if column in pair_rows else None
         teacher_top1 = pair_rows["teacher_top1"].iloc[0]
         if pd.notna(teacher_top1):
             rows.append(pair | {"method": "teacher", "measured_top1": teacher_top1, "measured_std": float("nan"),
@@ -91,7 +97,7 @@ def published_comparison(table: pd.DataFrame, baseline: str = "ce",
     keep = [c for c in ("dataset", "teacher", "student", "method", "published_top1", "reporting", "source")
             if c in published]
     merged = measured.merge(published[keep], on=["dataset", "teacher", "student", "method"], how="inner")
-    for column in ("reporting", "source"):
+    for column in ("reporting", "source", "teacher_origin", "teacher_ckpt_sha256"):
         if column not in merged:
             merged[column] = None
     merged["difference"] = merged["measured_top1"] - merged["published_top1"]

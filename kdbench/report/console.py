@@ -11,9 +11,11 @@ from kdbench.report.formatting import (
     NOT_SUPPORTED_NOTE,
     fixed,
     is_missing,
+    marked_teacher,
     mean_pm,
     signed_pm,
     significant,
+    teacher_footnotes,
 )
 
 _HEADERS = ("method", "teacher", "top-1 (%)", "Δ vs {baseline}", "agree (%)", "params (M)", "extra (M)")
@@ -40,7 +42,7 @@ def _extra_cell(value: float) -> str:
 def _teacher_cell(row: pd.Series) -> str:
     """Which teacher the method learned from: the pair's, none, or itself (born-again generations)."""
     if row["uses_teacher"]:
-        return str(row["teacher"])
+        return marked_teacher(row["teacher"], row.get("teacher_origin"))
     return "self" if row.get("teacher_source") == "self" else "none"
 
 
@@ -79,7 +81,8 @@ def format_leaderboard_text(table: pd.DataFrame, baseline: str = "ce") -> str:
     blocks: list[tuple[str, list[list[str]], str | None]] = []
     for (dataset, teacher, student, _), rows in pair_groups(table):
         first = rows.iloc[0]
-        header = _pair_header(dataset, teacher, student, first["budget"], first["teacher_top1"])
+        header = _pair_header(dataset, marked_teacher(teacher, first.get("teacher_origin")), student, first["budget"],
+                              first["teacher_top1"])
         blocks.append((header, [_row_cells(row) for _, row in rows.iterrows()], _failure_note(rows)))
     widths = [len(h) for h in headers]
     for _, cells, _ in blocks:
@@ -103,6 +106,9 @@ def format_leaderboard_text(table: pd.DataFrame, baseline: str = "ce") -> str:
     lines.append("")
     lines.append(f"± = std over seeds (n); Δ = top-1 minus {baseline}'s, paired by seed (n pairs)")
     lines.append(NOT_SUPPORTED_NOTE)
+    if "teacher_origin" in table:
+        lines.extend(teacher_footnotes(zip(table["teacher"], table["teacher_origin"], table["teacher_ckpt_sha256"],
+                                           strict=True)))
     return "\n".join(lines)
 
 

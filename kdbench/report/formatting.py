@@ -61,3 +61,42 @@ def signed_pm(mean: Any, spread: Any, decimals: int = 2) -> str:
     if is_missing(spread):
         return signed(mean, decimals)
     return f"{signed(mean, decimals)} ± {fixed(spread, decimals)}"
+
+
+#: The mark a teacher's name carries when kdbench did not train it: a checkpoint file (``--teacher-ckpt``, such as
+#: the authors' released CIFAR-100 teachers) or timm's pretrained weights. A teacher trained by kdbench has none.
+TEACHER_MARKS = {"checkpoint": "†", "pretrained": "‡"}
+_ORIGIN_TEXT = {
+    "checkpoint": "teacher loaded from a checkpoint file (--teacher-ckpt, e.g. the authors' released teachers), "
+                  "not trained by kdbench",
+    "pretrained": "teacher with timm's pretrained weights, not trained by kdbench",
+}
+#: Digits of a checkpoint's SHA-256 shown in tables and labels (the CSV files keep all 64)
+SHA_DIGITS = 12
+
+
+def teacher_mark(origin: Any) -> str:
+    """The mark of a teacher of ``origin`` (``trained``, ``checkpoint``, ``pretrained``); empty for kdbench's own."""
+    return TEACHER_MARKS.get(origin, "") if isinstance(origin, str) else ""
+
+
+def marked_teacher(teacher: Any, origin: Any) -> str:
+    """The teacher's name with its mark (``cifar_resnet32x4†``)."""
+    return f"{teacher}{teacher_mark(origin)}"
+
+
+def teacher_footnotes(teachers: Any) -> list[str]:
+    """One footnote per marked origin: ``† teacher loaded from ...: cifar_resnet32x4 (sha256 1a2b...)``.
+
+    ``teachers`` yields ``(teacher, origin, sha256)``; teachers trained by kdbench and teacher-free rows give none.
+    """
+    named: dict[str, list[str]] = {}
+    for teacher, origin, sha256 in teachers:
+        if not isinstance(origin, str) or origin not in TEACHER_MARKS:
+            continue
+        digest = f" (sha256 {sha256[:SHA_DIGITS]})" if isinstance(sha256, str) and sha256 else ""
+        text = f"{teacher}{digest}"
+        if text not in named.setdefault(origin, []):
+            named[origin].append(text)
+    return [f"{TEACHER_MARKS[origin]} {_ORIGIN_TEXT[origin]}: {', '.join(sorted(names))}"
+            for origin, names in sorted(named.items(), key=lambda item: list(TEACHER_MARKS).index(item[0]))]

@@ -8,6 +8,7 @@ used for sorting in HTML; the renderers only escape and lay out. LaTeX output is
 from __future__ import annotations
 
 import html
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,17 @@ from typing import Any
 import pandas as pd
 
 from kdbench.report.aggregate import PAIR_KEY, pair_groups
-from kdbench.report.formatting import DASH, NOT_SUPPORTED, fixed, is_missing, mean_pm, signed_pm, significant
+from kdbench.report.formatting import (
+    DASH,
+    NOT_SUPPORTED,
+    fixed,
+    is_missing,
+    marked_teacher,
+    mean_pm,
+    signed_pm,
+    significant,
+    teacher_footnotes,
+)
 
 
 @dataclass
@@ -29,6 +40,7 @@ class DisplayTable:
         bold: (row, column) body cells set in bold (best value of a column).
         sort_values: per body cell the raw value used to sort in HTML (number or text); None for none.
         rules_after: body row indices after which a horizontal rule is drawn (LaTeX ``\midrule``).
+        footnotes: lines set under the table (what a mark such as ``†`` on a teacher's name means).
     """
 
     header: list[list[str]]
@@ -37,6 +49,7 @@ class DisplayTable:
     bold: set[tuple[int, int]] = field(default_factory=set)
     sort_values: list[list[Any]] | None = None
     rules_after: set[int] = field(default_factory=set)
+    footnotes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------- renderers
@@ -60,6 +73,9 @@ def to_markdown(table: DisplayTable) -> str:
         cells = [f"**{cell(text)}**" if (r, c) in table.bold and text != DASH else cell(text)
                  for c, text in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
+    if table.footnotes:
+        lines.append("")
+        lines.extend(f"{note}  " if k < len(table.footnotes) - 1 else note for k, note in enumerate(table.footnotes))
     return "\n".join(lines) + "\n"
 
 
@@ -69,7 +85,7 @@ _LATEX_SPECIAL = {
 }
 _LATEX_UNICODE = {
     "±": r"$\pm$", "—": "---", "–": "--", "Δ": r"$\Delta$", "→": r"$\rightarrow$", "×": r"$\times$",
-    "≥": r"$\geq$", "≤": r"$\leq$", "µ": r"$\mu$",
+    "≥": r"$\geq$", "≤": r"$\leq$", "µ": r"$\mu$", "†": r"$^\dagger$", "‡": r"$^\ddagger$",
 }
 
 
@@ -107,6 +123,8 @@ def to_latex(table: DisplayTable, comment: str | None = None) -> str:
         if r in table.rules_after and r != len(table.rows) - 1:
             lines.append("\\midrule")
     lines.append("\\bottomrule")
+    for note in table.footnotes:  # under the rule, across the table
+        lines.append(f"\\multicolumn{{{len(table.align)}}}{{l}}{{\\footnotesize {latex_escape(note)}}} \\\\")
     lines.append("\\end{tabular}")
     return "\n".join(lines) + "\n"
 
@@ -146,6 +164,7 @@ def to_html(table: DisplayTable, table_id: str | None = None, sortable: bool = F
         out.append(f"<tr>{''.join(cells)}</tr>")
     out.append("</tbody>")
     out.append("</table>")
+    out.extend(f'<p class="note">{html.escape(note)}</p>' for note in table.footnotes)
     return "\n".join(out) + "\n"
 
 
@@ -200,8 +219,9 @@ def leaderboard_display(table: pd.DataFrame, baseline: str = "ce") -> DisplayTab
                                                                                      row["delta_top1_ci95"])
             if delta != DASH and not row.get("delta_supported", False):
                 delta = f"{delta} {NOT_SUPPORTED}"
-            cells = [str(row["dataset"]), str(row["teacher"]), str(row["student"])]
-            raws: list[Any] = [row["dataset"], row["teacher"], row["student"]]
+            teacher = marked_teacher(row["teacher"], row.get("teacher_origin"))
+            cells = [str(row["dataset"]), teacher, str(row["student"])]
+            raws: list[Any] = [row["dataset"], teacher, row["student"]]
             if several_budgets:
                 cells.append(str(row["budget"]))
                 raws.append(row["budget"])
@@ -230,7 +250,15 @@ def leaderboard_display(table: pd.DataFrame, baseline: str = "ce") -> DisplayTab
     method_column = header.index("Tuning" if tuned else "Method")
     align = ["l"] * (method_column + 1) + ["r"] * (len(header) - method_column - 1)
     return DisplayTable(header=[header], rows=rows, align=align, bold=bold, sort_values=sort_values,
-                        rules_after=rules)
+                        rules_after=rules, footnotes=_footnotes(table))
+
+
+def _footnotes(table: pd.DataFrame) -> list[str]:
+    """What the marks on the teachers of ``table`` (a leaderboard or comparison) mean, naming each checkpoint."""
+    if "teacher_origin" not in table:
+        return []
+    digests = table["teacher_ckpt_sha256"] if "teacher_ckpt_sha256" in table else [None] * len(table)
+    return teacher_footnotes(zip(table["teacher"], table["teacher_origin"], digests, strict=True))
 
 
 def crd_tables(table: pd.DataFrame, baseline: str = "ce") -> list[tuple[str, DisplayTable]]:
@@ -244,14 +272,22 @@ def crd_tables(table: pd.DataFrame, baseline: str = "ce") -> list[tuple[str, Dis
         the dataset with ``_b2``, ``_b3``... for its other budgets.
     """
     out: list[tuple[str, DisplayTable]] = []
+    # a pair distilled from a teacher kdbench did not train sits beside the others, its teacher marked
+    table = table.assign(table_key=[_without_teacher_weights(key) for key in table["budget_key"]])
     for dataset, dataset_rows in table.groupby("dataset", sort=True):
-        runs_per_budget = dataset_rows.groupby("budget_key")["n"].sum()
+        runs_per_budget = dataset_rows.groupby("table_key")["n"].sum()
         budgets = sorted(runs_per_budget.index, key=lambda key: (-runs_per_budget[key], key))  # main budget first
         for index, budget_key in enumerate(budgets):
-            rows = dataset_rows[dataset_rows["budget_key"] == budget_key]
+            rows = dataset_rows[dataset_rows["table_key"] == budget_key]
             name = str(dataset) if index == 0 else f"{dataset}_b{index + 1}"
             out.append((name, _crd_table(rows, baseline)))
     return out
+
+
+def _without_teacher_weights(budget_key: str) -> str:
+    budget = json.loads(budget_key)
+    return json.dumps({k: v for k, v in budget.items() if k not in ("teacher_origin", "teacher_ckpt_sha256")},
+                      sort_keys=True)
 
 
 def _crd_table(rows: pd.DataFrame, baseline: str) -> DisplayTable:
@@ -263,7 +299,9 @@ def _crd_table(rows: pd.DataFrame, baseline: str) -> DisplayTable:
         .index.tolist()
     )
     by_pair = {key: pair_rows.set_index("method_label") for key, pair_rows in rows.groupby(PAIR_KEY, sort=False)}
-    header = [["Teacher"] + [str(p[1]) for p in pairs], ["Student"] + [str(p[2]) for p in pairs]]
+    origins = {key: pair_rows["teacher_origin"].iloc[0] if "teacher_origin" in pair_rows else None
+               for key, pair_rows in by_pair.items()}
+    header = [["Teacher"] + [marked_teacher(p[1], origins[p]) for p in pairs], ["Student"] + [str(p[2]) for p in pairs]]
     body: list[list[str]] = []
     raws: list[list[Any]] = []
     teacher_row = ["Teacher"]
@@ -301,7 +339,7 @@ def _crd_table(rows: pd.DataFrame, baseline: str) -> DisplayTable:
             best = max(value for value, _ in candidates)
             bold |= {(r, column) for value, r in candidates if value == best}
     return DisplayTable(header=header, rows=body, align=["l"] + ["c"] * len(pairs), bold=bold, sort_values=raws,
-                        rules_after={1})
+                        rules_after={1}, footnotes=_footnotes(rows))
 
 
 def ranks_display(ranks: pd.DataFrame, baseline: str = "ce") -> DisplayTable:
@@ -357,13 +395,18 @@ def failed_display(failed: pd.DataFrame) -> DisplayTable:
 def published_display(comparison: pd.DataFrame) -> DisplayTable:
     """Published vs measured top-1 per pair and method."""
     shown = comparison[["teacher", "student", "budget", "method", "published_top1", "measured_top1", "measured_std",
-                        "n", "difference", "source"]]
+                        "n", "difference", "source"]].copy()
+    if "teacher_origin" in comparison:
+        shown["teacher"] = [marked_teacher(t, o) for t, o in zip(comparison["teacher"], comparison["teacher_origin"],
+                                                                 strict=True)]
     shown = shown.rename(columns={"teacher": "Teacher", "student": "Student", "budget": "Budget", "method": "Method",
                                   "published_top1": "Published", "measured_top1": "Measured",
                                   "measured_std": "Std", "difference": "Measured − published",
                                   "source": "Source"})
-    return frame_to_display(shown, {"Published": fixed, "Measured": fixed, "Std": fixed,
-                                    "Measured − published": signed})
+    display = frame_to_display(shown, {"Published": fixed, "Measured": fixed, "Std": fixed,
+                                       "Measured − published": signed})
+    display.footnotes = _footnotes(comparison)
+    return display
 
 
 def signed(value: Any) -> str:
