@@ -44,6 +44,7 @@ from kdbench.data import Batch, DatasetInfo, Splits
 from kdbench.features import describe_model
 from kdbench.models import create_model
 from kdbench.training import Member, train_members
+from kdbench.views import VIEW_AUGMENTATIONS
 from kdbench.zoo.authors import from_authors
 from tests.trainer_parity import common
 
@@ -97,6 +98,17 @@ CASES: dict[str, dict[str, Any]] = {
     "mdistiller_crd": {"method": "crd", "params": {"nce_k": 16},
                        "skip_ours": ("sample_order", "class_start", "class_count", "nce_z"),
                        "terms": {"cls": ["loss_ce"], "kd": ["loss_crd"]}},
+    # CTKD's own train_student.py: its learnable temperature starts at each side's default (t = 1), its cosine
+    # curriculum shortened to 2 epochs on both sides
+    "ctkd_ctkd": {"method": "ctkd", "params": {"curriculum_epochs": 2.0}, "terms": {"cls": ["loss_ce"],
+                                                                                   "div": ["loss_kd"]}},
+    # DIST's CIFAR-100 code (image_classification_sota): its scheduler decays one step after the epoch boundary;
+    # dist_nolag is the same code without the warm-up that causes the lag
+    "dist_dist": {"method": "dist", "params": {}, "terms": {"cls": ["loss_ce"], "kd": ["loss_kd"]}},
+    "dist_dist_nolag": {"method": "dist", "params": {}, "terms": {"cls": ["loss_ce"], "kd": ["loss_kd"]}},
+    # MLKD's mdistiller fork (AugTrainer): the strong view is common.strong_view of the batch on both sides
+    "mlkd_mlkd": {"method": "mlkd", "params": {},
+                  "terms": {"cls": ["loss_ce"], "kd": ["loss_kd"], "cc": ["loss_cc"], "bc": ["loss_bc"]}},
 }
 
 
@@ -165,7 +177,8 @@ def run_kdbench(name: str, *, perturb: str = "") -> dict[str, Any]:
     """Train kdbench's member as the fixture's run did; returns its trajectory and final digests.
 
     ``perturb`` changes the loop on purpose (the detection test): ``no_norm_decay`` exempts BatchNorm weights and
-    biases from weight decay, ``milestone`` decays the learning rate one epoch early.
+    biases from weight decay, ``milestone`` decays the learning rate one epoch early, ``method_no_decay`` exempts
+    the method's own parameters (CTKD's temperature) from weight decay.
     """
     data, case = fixture(name), CASES[name]
     torch.manual_seed(0)
@@ -190,11 +203,21 @@ def run_kdbench(name: str, *, perturb: str = "") -> dict[str, Any]:
             owner = f"{case['method']}:{key.removeprefix('module:')}"
             values = common.initial_state(owner, [(k, tuple(s)) for k, s in keys])
             method_init.update({f"{key.removeprefix('module:')}/{k}": v for k, v in values.items()})
-    member.method.load_state_dict({ours: method_init[theirs] for ours, theirs in renamed.items()}, strict=False)
+    own_init = tuple(f"{m}/" for m in data.get("own_init", ()))  # modules that start at each side's own default
+    member.method.load_state_dict({ours: method_init[theirs] for ours, theirs in renamed.items()
+                                   if not theirs.startswith(own_init)}, strict=False)
     if perturb == "no_norm_decay":
         groups = member.optimizer.param_groups
         decay = [p for g in groups for p in g["params"] if p.dim() > 1]
         exempt = [p for g in groups for p in g["params"] if p.dim() <= 1]
+        member.optimizer = torch.optim.SGD([{"params": decay}, {"params": exempt, "weight_decay": 0.0}],
+                                           lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if perturb == "method_no_decay":
+        own = {id(p) for p in member.method.parameters()}
+        assert own, f"{case['method']} has no parameters of its own"
+        groups = member.optimizer.param_groups
+        decay = [p for g in groups for p in g["params"] if id(p) not in own]
+        exempt = [p for g in groups for p in g["params"] if id(p) in own]
         member.optimizer = torch.optim.SGD([{"params": decay}, {"params": exempt, "weight_decay": 0.0}],
                                            lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     steps: list[dict[str, Any]] = []
@@ -218,10 +241,14 @@ def run_kdbench(name: str, *, perturb: str = "") -> dict[str, Any]:
     lrs: list[float] = []
     hook = register_optimizer_step_post_hook(
         lambda opt, *_: lrs.append(opt.param_groups[0]["lr"]))
+    makers = {v: VIEW_AUGMENTATIONS.get(v) for v in member.method.extra_views}
+    for view in makers:  # the authors' second input: a fixed function of the batch, no random augmentation
+        VIEW_AUGMENTATIONS._items[view] = lambda images, info, generator: common.strong_view(images)
     try:
         train_members([member], splits, teacher)
     finally:
         hook.remove()
+        VIEW_AUGMENTATIONS._items.update(makers)
         if patched is not None:
             module.sample_contrast_indices = patched
     assert member.status == "running", member.error
@@ -320,6 +347,9 @@ KNOWN_DIFFERENCES = {
                        "repdistiller_ab_postact shows that this is the only difference)",
     "mdistiller_reviewkd": "the authors' ReviewKD reads the teacher's pre-ReLU stage maps (preact_feats); kdbench the "
                            "stage outputs (mdistiller_reviewkd_postact shows that this is the only difference)",
+    "dist_dist": "DIST's CIFAR-100 scheduler decays the learning rate one step after the epoch boundary (its decay "
+                 "counts from the warm-up's last step plus one); kdbench's multistep decays at the boundary "
+                 "(dist_dist_nolag, the same code without the warm-up, shows that this is the only difference)",
 }
 
 
@@ -331,8 +361,14 @@ def test_trains_as_the_authors_code(name: str) -> None:
     assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems[:25])
 
 
-@pytest.mark.parametrize("perturb", ["no_norm_decay", "milestone"])
-def test_a_loop_difference_is_detected(perturb: str) -> None:
-    """The comparison fails when kdbench's loop is changed a little: the tolerances separate rounding from a bug."""
-    problems = compare("repdistiller_kd", run_kdbench("repdistiller_kd", perturb=perturb))
+@pytest.mark.parametrize(("name", "perturb"), [("repdistiller_kd", "no_norm_decay"), ("repdistiller_kd", "milestone"),
+                                              ("ctkd_ctkd", "method_no_decay")])
+def test_a_loop_difference_is_detected(name: str, perturb: str) -> None:
+    """The comparison fails when kdbench's loop is changed a little: the tolerances separate rounding from a bug.
+
+    ``method_no_decay`` on CTKD: its temperature without weight decay (the authors decay it with the student).
+    """
+    problems = compare(name, run_kdbench(name, perturb=perturb))
     assert problems, f"perturbation {perturb!r} went unnoticed"
+    if perturb == "method_no_decay":  # the temperature itself drifts apart
+        assert any("temp" in p for p in problems), problems[:5]

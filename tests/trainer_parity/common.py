@@ -41,6 +41,16 @@ def images_and_labels() -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+def strong_view(images: Tensor) -> Tensor:
+    """A second view of ``images`` for methods that train on two (MLKD's weak and strong views).
+
+    A fixed function of the images (mirrored left to right, contrast 0.8, shifted by 0.1), so that no random
+    augmentation enters and both sides see the same tensors: the authors' loop as its second input, kdbench's as the
+    view the method asks for.
+    """
+    return 0.8 * images.flip(-1) + 0.1
+
+
 def checkpoint_images() -> Tensor:
     """Two images on which the authors' networks and the zoo's are compared."""
     return torch.randn(2, 3, 32, 32, generator=_generator(DATA_SEED, "checkpoint images"))

@@ -98,6 +98,45 @@ LOGIT_STANDARDIZATION_RUNS: dict[str, dict[str, Any]] = {
                "cfg": {"EXPERIMENT": {"LOGIT_STAND": True},
                        "DKD": {"CE_WEIGHT": 1.0, "ALPHA": 9.0, "BETA": 72.0, "T": 2.0, "WARMUP": 2}}},
 }
+CTKD = "zhengli97/CTKD"
+CTKD_COMMIT = "7d5252241259ae70d38a832371fed9697d15fc14"
+#: CTKD's ``scripts/run_cifar_distill.sh``: ``--distill kd -r 0.1 -a 0.9 -b 0 --kd_T 4 --learning_rate 0.05
+#: --have_mlp 1 --mlp_name global --cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10`` (``--t_start 1
+#: --t_end 20`` by default), the curriculum shortened to 2 epochs so that the 3 epochs cross its end
+CTKD_RUNS: dict[str, dict[str, Any]] = {"ctkd": {"decay_loops": 2}}
+CTKD_FILES = ["train_student.py", "helper/loops.py", "helper/util.py", "models/temp_global.py", "distiller_zoo/KD.py",
+              "models/resnet.py"]
+DIST = "hunto/DIST_KD"
+DIST_COMMIT = "2418f18b1fedd7c2646a7b1b9a27d5c674c2170b"
+#: DIST_KD's CIFAR code is its submodule ``classification``: hunto/image_classification_sota at this commit
+DIST_CLASSIFICATION = "hunto/image_classification_sota"
+DIST_CLASSIFICATION_COMMIT = "d9662f7df68fe46b973c4580b7c9b896cedcd301"
+#: ``configs/strategies/distill/dist_cifar.yaml``: ``kd: dist_t4``, CE 1, DIST 2, SGD lr 0.05 without Nesterov and
+#: with weight decay on every parameter (``opt_no_filter``), ``sched: step`` every 30 epochs after a 120-epoch warm-up
+#: at the same lr. Its scheduler is stepped after every step with ``epoch * len(loader) + batch_idx + 1`` and its
+#: decay counts from the warm-up's last step plus one, so each decay lands on the second step of epochs 150, 180, 210.
+#: Shortened: a 1-epoch warm-up and decay every epoch (the decay falls on epoch 3's second step); ``dist_nolag`` runs
+#: the same code without a warm-up, decaying every 2 epochs (exactly at epoch 3's start, kdbench's milestone)
+DIST_RUNS: dict[str, dict[str, Any]] = {
+    "dist": {"warmup_epochs": 1, "decay_epochs": 1},
+    "dist_nolag": {"warmup_epochs": 0, "decay_epochs": 2, "method": "dist"},
+}
+DIST_FILES = ["tools/train.py", "lib/models/losses/kd_loss.py", "lib/models/losses/dist_kd.py",
+              "lib/utils/optim.py", "lib/utils/scheduler.py", "lib/models/cifar/resnet.py",
+              "configs/strategies/distill/dist_cifar.yaml"]
+MLKD = "Jin-Ying/Multi-Level-Logit-Distillation"
+MLKD_COMMIT = "5ee473fcf193dfb00a0598b64d0acfe6ad58a482"
+#: the MLKD code (a fork of mdistiller): ``tools/train_ours.py`` with ``configs/cifar100/ours/res32x4_res8x4.yaml``
+#: (``KD_ours`` at the KD defaults of its ``cfg.py``: T 4, CE 0.1, KD 0.9; lr 0.025; the ``ours`` trainer,
+#: ``AugTrainer``, which feeds a weak and a strong view: here the batch and :func:`common.strong_view` of it)
+MLKD_RUNS: dict[str, dict[str, Any]] = {
+    "mlkd": {"type": "KD_ours", "trainer": "ours", "lr": 0.025,
+             "components": {"loss_ce": "cls", "loss_kd": "kd", "loss_cc": "cc", "loss_bc": "bc"},
+             "cfg": {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}}}},
+}
+MLKD_FILES = ["tools/train_ours.py", "mdistiller/engine/trainer.py", "mdistiller/engine/utils.py",
+              "mdistiller/engine/cfg.py", "mdistiller/distillers/KD_ours.py", "mdistiller/distillers/_base.py",
+              "mdistiller/models/cifar/resnet.py", "configs/cifar100/ours/res32x4_res8x4.yaml"]
 MDISTILLER_FILES = ["mdistiller/engine/trainer.py", "mdistiller/engine/utils.py", "mdistiller/engine/cfg.py",
                     "mdistiller/distillers/", "mdistiller/models/cifar/resnet.py", "configs/cifar100/"]
 REPDISTILLER_FILES = ["train_student.py", "helper/loops.py", "helper/pretrain.py", "helper/util.py",
@@ -359,18 +398,21 @@ def mdistiller_run(name: str, root: Path, repo: str = MDISTILLER) -> dict[str, A
     ``repo`` is :data:`LOGIT_STANDARDIZATION` for its fork's runs (:data:`LOGIT_STANDARDIZATION_RUNS`).
     """
     from mdistiller.distillers import distiller_dict
-    from mdistiller.engine.trainer import BaseTrainer, CRDTrainer
+    from mdistiller.engine import trainer as trainers
     from mdistiller.engine.utils import AverageMeter, adjust_learning_rate
     from mdistiller.models import cifar_model_dict
 
-    runs, commit = ((LOGIT_STANDARDIZATION_RUNS, LOGIT_STANDARDIZATION_COMMIT) if repo == LOGIT_STANDARDIZATION
-                    else (MDISTILLER_RUNS, MDISTILLER_COMMIT))
+    runs, commit, files = {LOGIT_STANDARDIZATION: (LOGIT_STANDARDIZATION_RUNS, LOGIT_STANDARDIZATION_COMMIT,
+                                                   MDISTILLER_FILES),
+                           MLKD: (MLKD_RUNS, MLKD_COMMIT, MLKD_FILES)}.get(
+        repo, (MDISTILLER_RUNS, MDISTILLER_COMMIT, MDISTILLER_FILES))
     run = runs[name]
     method = run.get("method", name)
     if "cfg" not in run:
         run = {**runs[method], **run}
-    cfg = _namespace({"SOLVER": {"EPOCHS": common.EPOCHS, "LR": 0.05, "LR_DECAY_STAGES": list(common.LR_DECAY_EPOCHS),
-                                 "LR_DECAY_RATE": 0.1, "WEIGHT_DECAY": 5e-4, "MOMENTUM": 0.9, "TYPE": "SGD",
+    cfg = _namespace({"SOLVER": {"EPOCHS": common.EPOCHS, "LR": run.get("lr", 0.05),
+                                 "LR_DECAY_STAGES": list(common.LR_DECAY_EPOCHS), "LR_DECAY_RATE": 0.1,
+                                 "WEIGHT_DECAY": 5e-4, "MOMENTUM": 0.9, "TYPE": "SGD",
                                  "BATCH_SIZE": common.BATCH_SIZE, "TRAINER": run["trainer"]},
                       "DISTILLER": {"TYPE": run["type"], "TEACHER": common.TEACHER, "STUDENT": common.STUDENT},
                       **run["cfg"]})
@@ -409,13 +451,19 @@ def mdistiller_run(name: str, root: Path, repo: str = MDISTILLER) -> dict[str, A
     recorder.phase = "train"
     forward_train = distiller.forward_train
 
+    components = run.get("components")
+
     def recording(**kwargs: Any) -> Any:
         preds, losses = forward_train(**kwargs)
-        recorder.current = {"cls" if k == "loss_ce" else "kd": float(v.detach().mean()) for k, v in losses.items()}
+        if components:  # each of the authors' terms on its own
+            recorder.current = {components[k]: float(v.detach().mean()) for k, v in losses.items()}
+        else:
+            recorder.current = {"cls" if k == "loss_ce" else "kd": float(v.detach().mean()) for k, v in losses.items()}
         return preds, losses
 
     distiller.forward_train = recording
-    trainer = object.__new__(CRDTrainer if run["trainer"] == "crd" else BaseTrainer)
+    trainer = object.__new__({"crd": trainers.CRDTrainer, "ours": getattr(trainers, "AugTrainer", None)}.get(
+        run["trainer"], trainers.BaseTrainer))
     trainer.cfg, trainer.distiller = cfg, nn.DataParallel(distiller)
     trainer.optimizer = trainer.init_optimizer(cfg)
     names = {id(p): f"student.{k}" for k, p in model_s.named_parameters()}
@@ -436,6 +484,8 @@ def mdistiller_run(name: str, root: Path, repo: str = MDISTILLER) -> dict[str, A
                     rows = contrast_rows(idx, y, cfg.CRD.NCE.K, rng)
                     contrast.append(rows)
                     data = (x, y, idx, torch.tensor(rows))
+                elif run["trainer"] == "ours":  # AugTrainer: (weak, strong) views of the batch
+                    data = ((x, common.strong_view(x)), y, idx)
                 trainer.train_iter(data, epoch, meters)
     finally:
         handle.remove()
@@ -446,7 +496,7 @@ def mdistiller_run(name: str, root: Path, repo: str = MDISTILLER) -> dict[str, A
         steps.append(s)
     return {
         "method": method,
-        "source": {"repo": repo, "commit": _git_commit(root) or commit, "files": MDISTILLER_FILES,
+        "source": {"repo": repo, "commit": _git_commit(root) or commit, "files": files,
                    "distiller": run["type"], "trainer": run["trainer"], "teacher_post_activation": bool(
                        run.get("postact")), "cfg": json.loads(json.dumps(cfg, default=vars))},
         "schedule": {"epochs": common.EPOCHS, "init_epochs": 0, "lr_decay_epochs": list(common.LR_DECAY_EPOCHS),
@@ -458,6 +508,179 @@ def mdistiller_run(name: str, root: Path, repo: str = MDISTILLER) -> dict[str, A
         "final": {"student": _digests(model_s), **{f"module:{k}": _digests(m) for k, m in modules.items()},
                   "momentum": _momentum(trainer.optimizer, names)},
     }
+
+
+def _schedule(lr: float, init_epochs: int = 0) -> dict[str, Any]:
+    return {"epochs": common.EPOCHS, "init_epochs": init_epochs, "lr_decay_epochs": list(common.LR_DECAY_EPOCHS),
+            "lr": lr, "weight_decay": 5e-4, "momentum": 0.9}
+
+
+def _final_steps(recorder: Recorder, weights: dict[str, float]) -> list[dict[str, Any]]:
+    steps = []
+    for s in recorder.steps:
+        raw = s.pop("raw")
+        s["losses"] = {k: weights[k] * v for k, v in raw.items()}
+        steps.append(s)
+    return steps
+
+
+def ctkd_run(name: str, root: Path) -> dict[str, Any]:
+    """Drive CTKD's ``train_student.py`` training of one run of :data:`CTKD_RUNS` from the common start.
+
+    Its own ``Global_T`` (the learnable temperature, initialised by its constructor to t = 1), ``CosineDecay``
+    (the reversal strength of each epoch), ``helper.util.adjust_learning_rate`` and ``helper.loops.train_distill``,
+    with the module, criterion and optimiser lists built as its ``main_worker`` builds them for ``--distill kd``.
+    """
+    import train_student
+    from helper.loops import train_distill
+    from helper.util import adjust_learning_rate
+    from models import model_dict
+
+    run = CTKD_RUNS[name]
+    opt = SimpleNamespace(
+        print_freq=10**9, distill="kd", model_s=common.STUDENT, epochs=common.EPOCHS, learning_rate=0.05,
+        lr_decay_epochs=list(common.LR_DECAY_EPOCHS), lr_decay_rate=0.1, weight_decay=5e-4, momentum=0.9,
+        gamma=0.1, alpha=0.9, beta=0.0, kd_T=4.0, have_mlp=1, mlp_name="global", t_start=1.0, t_end=20.0,
+        cosine_decay=1, decay_max=0.0, decay_min=-1.0, decay_loops=run["decay_loops"],
+        batch_size=common.BATCH_SIZE, gpu=None, multiprocessing_distributed=False)
+    torch.manual_seed(0)
+    model_t = model_dict[common.TEACHER](num_classes=common.NUM_CLASSES)
+    model_s = model_dict[common.STUDENT](num_classes=common.NUM_CLASSES)
+    _initialise("teacher", model_t)
+    _initialise("student", model_s)
+    mlp = train_student.Global_T()  # its own initial value (kdbench's default is the same)
+    module_list = nn.ModuleList([model_s])
+    trainable_list = nn.ModuleList([model_s])
+    trainable_list.append(mlp)
+    criterion_cls = nn.CrossEntropyLoss()
+    criterion_div = train_student.DistillKL()
+    criterion_list = nn.ModuleList([criterion_cls, criterion_div, train_student.DistillKL()])
+    module_list.append(model_t)
+    optimizer = torch.optim.SGD(trainable_list.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
+                                weight_decay=opt.weight_decay)
+    gradient_decay = train_student.CosineDecay(max_value=opt.decay_max, min_value=opt.decay_min,
+                                               num_loops=opt.decay_loops)
+    recorder = Recorder()
+    recorder.phase = "train"
+    temperatures: list[float] = []
+    hooks = [criterion_cls.register_forward_hook(recorder.hook("cls")),
+             criterion_div.register_forward_hook(recorder.hook("div")),
+             mlp.register_forward_hook(lambda _m, _i, t: temperatures.append(
+                 float(opt.t_start + opt.t_end * torch.sigmoid(t.detach())[0])))]
+    handle = register_optimizer_step_post_hook(recorder.step_done)
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # its loop moves the temperature to the GPU
+    reversal = []
+    try:
+        for epoch in range(1, opt.epochs + 1):  # main_worker's loop up to its validation
+            adjust_learning_rate(epoch, opt, optimizer)
+            decay_value = gradient_decay.get_value(epoch)
+            reversal.append(decay_value)
+            recorder.epoch = epoch - 1
+            train_distill(epoch, [(x, y) for x, y, _ in common.batches(epoch - 1)], module_list, mlp, decay_value,
+                          criterion_list, optimizer, opt)
+    finally:
+        torch.Tensor.cuda = cuda
+        handle.remove()
+        for h in hooks:
+            h.remove()
+    steps = _final_steps(recorder, {"cls": opt.gamma, "div": opt.alpha})
+    for s, t in zip(steps, temperatures, strict=True):
+        s["temperature"] = t
+    names = {id(p): f"student.{k}" for k, p in model_s.named_parameters()}
+    names.update({id(p): f"temp.{k}" for k, p in mlp.named_parameters()})
+    return {
+        "method": name,
+        "source": {"repo": CTKD, "commit": _git_commit(root) or CTKD_COMMIT, "files": CTKD_FILES,
+                   "reversal_per_epoch": reversal,
+                   "options": {k: v for k, v in vars(opt).items() if isinstance(v, int | float | str | list)}},
+        "schedule": _schedule(opt.learning_rate),
+        "keys": {"student": _state_keys(model_s), "teacher": _state_keys(model_t), "module:temp": _state_keys(mlp)},
+        "own_init": ["temp"],
+        "steps": steps,
+        "final": {"student": _digests(model_s), "module:temp": _digests(mlp),
+                  "momentum": _momentum(optimizer, names)},
+    }
+
+
+def dist_run(name: str, root: Path) -> dict[str, Any]:
+    """Drive DIST's CIFAR-100 training (image_classification_sota's ``tools/train.py``) of one run of
+    :data:`DIST_RUNS` from the common start.
+
+    Its ``KDLoss`` wrapper with ``DIST`` (``kd: dist_t4``), ``build_optimizer``, ``build_scheduler`` and
+    ``train_epoch`` (``tools/train.py``), set up as its ``main`` sets them up from ``dist_cifar.yaml``. One stand-in:
+    ``train_epoch``'s loss meters all-reduce across processes, here a meter of one process.
+    """
+    import importlib.util
+
+    from lib.models.cifar import model_dict
+    from lib.models.losses.kd_loss import KDLoss
+    from lib.utils import misc
+    from lib.utils.optim import build_optimizer
+    from lib.utils.scheduler import build_scheduler
+
+    spec = importlib.util.spec_from_file_location("dist_train", root / "tools" / "train.py")
+    assert spec is not None and spec.loader is not None
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    train.AverageMeter = lambda dist=False: misc.AverageMeter(dist=False)
+    run = DIST_RUNS[name]
+    args = SimpleNamespace(
+        kd="dist_t4", ori_loss_weight=1.0, kd_loss_weight=2.0, lr=0.05, warmup_lr=0.05,
+        warmup_epochs=run["warmup_epochs"], decay_epochs=run["decay_epochs"], decay_rate=0.1, sched="step",
+        decay_by_epoch=True, min_lr=1e-6, epochs=common.EPOCHS, momentum=0.9, weight_decay=5e-4, opt="sgd",
+        opt_eps=1e-8, opt_no_filter=True, sgd_no_nesterov=True, dyrep=False, log_interval=10**9,
+        clip_grad_norm=False, student_module="", teacher_module="", batch_size=common.BATCH_SIZE)
+    torch.manual_seed(0)
+    model = model_dict[common.STUDENT](num_classes=common.NUM_CLASSES)
+    teacher = model_dict[common.TEACHER](num_classes=common.NUM_CLASSES)
+    _initialise("teacher", teacher)
+    _initialise("student", model)
+    loss_fn = KDLoss(model, teacher, nn.CrossEntropyLoss(), args.kd, args.student_module, args.teacher_module,
+                     args.ori_loss_weight, args.kd_loss_weight)
+    optimizer = build_optimizer(args.opt, model, args.lr, eps=args.opt_eps, momentum=args.momentum,
+                                weight_decay=args.weight_decay, filter_bias_and_bn=not args.opt_no_filter,
+                                nesterov=not args.sgd_no_nesterov, sort_params=args.dyrep)
+    steps_per_epoch = common.STEPS_PER_EPOCH
+    scheduler = build_scheduler(args.sched, optimizer, args.warmup_epochs * steps_per_epoch, args.warmup_lr,
+                                args.decay_epochs * steps_per_epoch, args.decay_rate,
+                                args.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                                decay_by_epoch=args.decay_by_epoch, min_lr=args.min_lr)
+    recorder = Recorder()
+    recorder.phase = "train"
+    hooks = [loss_fn.ori_loss.register_forward_hook(recorder.hook("cls")),
+             loss_fn.kd_loss.register_forward_hook(recorder.hook("kd"))]
+    handle = register_optimizer_step_post_hook(recorder.step_done)
+    try:
+        for epoch in range(args.epochs):  # main's loop up to its validation
+            recorder.epoch = epoch
+            train.train_epoch(args, epoch, model, None, [(x, y) for x, y, _ in common.batches(epoch)], optimizer,
+                              loss_fn, scheduler)
+    finally:
+        handle.remove()
+        for h in hooks:
+            h.remove()
+    names = {id(p): f"student.{k}" for k, p in model.named_parameters()}
+    return {
+        "method": run.get("method", name),
+        "source": {"repo": DIST, "commit": _git_commit(root.parent) or DIST_COMMIT,
+                   "classification": {"repo": DIST_CLASSIFICATION,
+                                      "commit": _git_commit(root) or DIST_CLASSIFICATION_COMMIT},
+                   "files": DIST_FILES,
+                   "options": {k: v for k, v in vars(args).items() if isinstance(v, int | float | str | list)}},
+        "schedule": _schedule(args.lr),
+        "keys": {"student": _state_keys(model), "teacher": _state_keys(teacher)},
+        "steps": _final_steps(recorder, {"cls": args.ori_loss_weight, "kd": args.kd_loss_weight}),
+        "final": {"student": _digests(model), "momentum": _momentum(optimizer, names)},
+    }
+
+
+def _forget(root: Path, packages: tuple[str, ...]) -> None:
+    """Take one code base off the import path, with its top-level packages (the next may reuse their names)."""
+    if str(root.resolve()) in sys.path:
+        sys.path.remove(str(root.resolve()))
+    for name in [m for m in sys.modules if m.split(".")[0] in packages]:
+        del sys.modules[name]
 
 
 #: the authors' architecture name -> the zoo's (every network of the CIFAR-100 tables; RepDistiller's ``model_dict``)
@@ -500,6 +723,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mdistiller", type=Path, help="a checkout of megvii-research/mdistiller")
     parser.add_argument("--logit-standardization", type=Path,
                         help="a checkout of sunshangquan/logit-standardization-KD")
+    parser.add_argument("--ctkd", type=Path, help="a checkout of zhengli97/CTKD")
+    parser.add_argument("--dist", type=Path, help="a checkout of hunto/DIST_KD's submodule classification "
+                        "(hunto/image_classification_sota at DIST_CLASSIFICATION_COMMIT)")
+    parser.add_argument("--mlkd", type=Path, help="a checkout of Jin-Ying/Multi-Level-Logit-Distillation")
     parser.add_argument("--only", default="", help="comma-separated kdbench method names (and/or 'checkpoints')")
     args = parser.parse_args(argv)
     only = {m for m in args.only.split(",") if m}
@@ -543,6 +770,37 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             write(f"logit_standardization_{name}",
                   mdistiller_run(name, args.logit_standardization, LOGIT_STANDARDIZATION))
+    if args.mlkd:
+        for name in [m for m in sys.modules if m.split(".")[0] == "mdistiller"]:
+            del sys.modules[name]  # its fork's package has the same name
+        for other in (args.mdistiller, args.logit_standardization):
+            if other is not None:
+                _forget(other, ("mdistiller",))
+        sys.path.insert(0, str(args.mlkd.resolve()))
+        for name, run in MLKD_RUNS.items():
+            if only and run.get("method", name) not in only:
+                continue
+            write(f"mlkd_{name}", mdistiller_run(name, args.mlkd, MLKD))
+        _forget(args.mlkd, ("mdistiller",))
+    if args.ctkd:  # RepDistiller's layout: the same top-level package names
+        for name in [m for m in sys.modules if m.split(".")[0] in ("models", "helper", "crd", "distiller_zoo")]:
+            del sys.modules[name]
+        sys.path.insert(0, str(args.ctkd.resolve()))
+        # dataset/imagenet.py (imported by train_student.py, never run here) imports imgaug at import time
+        imgaug = sys.modules.setdefault("imgaug", type(sys)("imgaug"))
+        imgaug.augmenters = sys.modules.setdefault("imgaug.augmenters", type(sys)("imgaug.augmenters"))
+        for name in CTKD_RUNS:
+            if only and name not in only:
+                continue
+            write(f"ctkd_{name}", ctkd_run(name, args.ctkd))
+        _forget(args.ctkd, ("models", "helper", "crd", "distiller_zoo", "dataset", "train_student"))
+    if args.dist:
+        sys.path.insert(0, str(args.dist.resolve()))
+        for name, run in DIST_RUNS.items():
+            if only and run.get("method", name) not in only:
+                continue
+            write(f"dist_{name}", dist_run(name, args.dist))
+        _forget(args.dist, ("lib",))
     if checkpoints:
         ours = checkpoints.get(MDISTILLER, {}).get("models", {})
         theirs = checkpoints.get(REPDISTILLER, {}).get("models", {})
