@@ -109,6 +109,13 @@ CASES: dict[str, dict[str, Any]] = {
     # MLKD's mdistiller fork (AugTrainer): the strong view is common.strong_view of the batch on both sides
     "mlkd_mlkd": {"method": "mlkd", "params": {},
                   "terms": {"cls": ["loss_ce"], "kd": ["loss_kd"], "cc": ["loss_cc"], "bc": ["loss_bc"]}},
+    # the logit-standardisation code's CTKD (its CTKD/ folder) and MLKD (its mdistiller fork with --logit-stand)
+    "logit_standardization_ctkd_ls": {"method": "ctkd_ls", "params": {"curriculum_epochs": 2.0},
+                                      "terms": {"cls": ["loss_ce"], "div": ["loss_kd"]}},
+    "logit_standardization_mlkd_ls": {"method": "mlkd",
+                                      "params": {"standardize": True, "temperature": 2.0, "kd_weight": 9.0},
+                                      "terms": {"cls": ["loss_ce"], "kd": ["loss_kd"], "cc": ["loss_cc"],
+                                                "bc": ["loss_bc"]}},
 }
 
 

@@ -97,13 +97,26 @@ LOGIT_STANDARDIZATION_RUNS: dict[str, dict[str, Any]] = {
     "dkd_ls": {"type": "DKD", "trainer": "base", "method": "dkd_ls",
                "cfg": {"EXPERIMENT": {"LOGIT_STAND": True},
                        "DKD": {"CE_WEIGHT": 1.0, "ALPHA": 9.0, "BETA": 72.0, "T": 2.0, "WARMUP": 2}}},
+    # its MLKD (configs/cifar100/mlkd/resnet32x4_resnet8x4.yaml, lr 0.025, the "ours" trainer) with --logit-stand:
+    # T 2 and KD weight 9, the kd terms on standardised logits
+    "mlkd_ls": {"type": "MLKD", "trainer": "ours", "method": "mlkd", "lr": 0.025,
+                "components": {"loss_ce": "cls", "loss_kd": "kd", "loss_cc": "cc", "loss_bc": "bc"},
+                "cfg": {"EXPERIMENT": {"LOGIT_STAND": True},
+                        "KD": {"TEMPERATURE": 2.0, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 9.0}}}},
 }
 CTKD = "zhengli97/CTKD"
 CTKD_COMMIT = "7d5252241259ae70d38a832371fed9697d15fc14"
 #: CTKD's ``scripts/run_cifar_distill.sh``: ``--distill kd -r 0.1 -a 0.9 -b 0 --kd_T 4 --learning_rate 0.05
 #: --have_mlp 1 --mlp_name global --cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10`` (``--t_start 1
 #: --t_end 20`` by default), the curriculum shortened to 2 epochs so that the 3 epochs cross its end
-CTKD_RUNS: dict[str, dict[str, Any]] = {"ctkd": {"decay_loops": 2}}
+CTKD_RUNS: dict[str, dict[str, Any]] = {
+    "ctkd": {"decay_loops": 2, "alpha": 0.9, "criterion_div": "DistillKL"},
+    # the logit-standardisation repository's copy of that code (its CTKD/ folder, LOGIT_STANDARDIZATION_COMMIT):
+    # CTKD/scripts/run_cifar_distill.sh has -a 9 and no --logit_stand, with which its train_student.py picks the
+    # standardised KL (``DistillKL() if opt.logit_stand else DistillKL_logit_stand()``)
+    "ctkd_ls": {"decay_loops": 2, "alpha": 9.0, "criterion_div": "DistillKL_logit_stand",
+                "repo": LOGIT_STANDARDIZATION},
+}
 CTKD_FILES = ["train_student.py", "helper/loops.py", "helper/util.py", "models/temp_global.py", "distiller_zoo/KD.py",
               "models/resnet.py"]
 DIST = "hunto/DIST_KD"
@@ -525,7 +538,8 @@ def _final_steps(recorder: Recorder, weights: dict[str, float]) -> list[dict[str
 
 
 def ctkd_run(name: str, root: Path) -> dict[str, Any]:
-    """Drive CTKD's ``train_student.py`` training of one run of :data:`CTKD_RUNS` from the common start.
+    """Drive CTKD's ``train_student.py`` training of one run of :data:`CTKD_RUNS` from the common start (``root``:
+    the CTKD checkout, or the CTKD folder of the logit-standardisation checkout for its run).
 
     Its own ``Global_T`` (the learnable temperature, initialised by its constructor to t = 1), ``CosineDecay``
     (the reversal strength of each epoch), ``helper.util.adjust_learning_rate`` and ``helper.loops.train_distill``,
@@ -537,10 +551,12 @@ def ctkd_run(name: str, root: Path) -> dict[str, Any]:
     from models import model_dict
 
     run = CTKD_RUNS[name]
+    repo = run.get("repo", CTKD)
+    commit = LOGIT_STANDARDIZATION_COMMIT if repo == LOGIT_STANDARDIZATION else CTKD_COMMIT
     opt = SimpleNamespace(
         print_freq=10**9, distill="kd", model_s=common.STUDENT, epochs=common.EPOCHS, learning_rate=0.05,
         lr_decay_epochs=list(common.LR_DECAY_EPOCHS), lr_decay_rate=0.1, weight_decay=5e-4, momentum=0.9,
-        gamma=0.1, alpha=0.9, beta=0.0, kd_T=4.0, have_mlp=1, mlp_name="global", t_start=1.0, t_end=20.0,
+        gamma=0.1, alpha=run["alpha"], beta=0.0, kd_T=4.0, have_mlp=1, mlp_name="global", t_start=1.0, t_end=20.0,
         cosine_decay=1, decay_max=0.0, decay_min=-1.0, decay_loops=run["decay_loops"],
         batch_size=common.BATCH_SIZE, gpu=None, multiprocessing_distributed=False)
     torch.manual_seed(0)
@@ -553,7 +569,7 @@ def ctkd_run(name: str, root: Path) -> dict[str, Any]:
     trainable_list = nn.ModuleList([model_s])
     trainable_list.append(mlp)
     criterion_cls = nn.CrossEntropyLoss()
-    criterion_div = train_student.DistillKL()
+    criterion_div = getattr(train_student, run["criterion_div"])()
     criterion_list = nn.ModuleList([criterion_cls, criterion_div, train_student.DistillKL()])
     module_list.append(model_t)
     optimizer = torch.optim.SGD(trainable_list.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
@@ -591,7 +607,8 @@ def ctkd_run(name: str, root: Path) -> dict[str, Any]:
     names.update({id(p): f"temp.{k}" for k, p in mlp.named_parameters()})
     return {
         "method": name,
-        "source": {"repo": CTKD, "commit": _git_commit(root) or CTKD_COMMIT, "files": CTKD_FILES,
+        "source": {"repo": repo, "commit": _git_commit(root) or commit,
+                   "files": [f"CTKD/{f}" for f in CTKD_FILES] if repo == LOGIT_STANDARDIZATION else CTKD_FILES,
                    "reversal_per_epoch": reversal,
                    "options": {k: v for k, v in vars(opt).items() if isinstance(v, int | float | str | list)}},
         "schedule": _schedule(opt.learning_rate),
@@ -782,18 +799,22 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             write(f"mlkd_{name}", mdistiller_run(name, args.mlkd, MLKD))
         _forget(args.mlkd, ("mdistiller",))
-    if args.ctkd:  # RepDistiller's layout: the same top-level package names
-        for name in [m for m in sys.modules if m.split(".")[0] in ("models", "helper", "crd", "distiller_zoo")]:
-            del sys.modules[name]
-        sys.path.insert(0, str(args.ctkd.resolve()))
+    ctkd_roots = {CTKD: args.ctkd,
+                  LOGIT_STANDARDIZATION: args.logit_standardization / "CTKD" if args.logit_standardization else None}
+    packages = ("models", "helper", "crd", "distiller_zoo", "dataset", "train_student")  # RepDistiller's layout
+    for name, run in CTKD_RUNS.items():
+        root = ctkd_roots[run.get("repo", CTKD)]
+        if root is None or (only and name not in only):
+            continue
+        for module in [m for m in sys.modules if m.split(".")[0] in packages]:
+            del sys.modules[module]
+        sys.path.insert(0, str(root.resolve()))
         # dataset/imagenet.py (imported by train_student.py, never run here) imports imgaug at import time
         imgaug = sys.modules.setdefault("imgaug", type(sys)("imgaug"))
         imgaug.augmenters = sys.modules.setdefault("imgaug.augmenters", type(sys)("imgaug.augmenters"))
-        for name in CTKD_RUNS:
-            if only and name not in only:
-                continue
-            write(f"ctkd_{name}", ctkd_run(name, args.ctkd))
-        _forget(args.ctkd, ("models", "helper", "crd", "distiller_zoo", "dataset", "train_student"))
+        prefix = "logit_standardization" if run.get("repo") == LOGIT_STANDARDIZATION else "ctkd"
+        write(f"{prefix}_{name}", ctkd_run(name, root))
+        _forget(root, packages)
     if args.dist:
         sys.path.insert(0, str(args.dist.resolve()))
         for name, run in DIST_RUNS.items():
