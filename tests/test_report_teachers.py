@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from kdbench.report import console_leaderboard, leaderboard, published_comparison, write_report
+from kdbench.report.aggregate import pair_labels
 from kdbench.report.tables import crd_tables, leaderboard_display, published_display, to_latex, to_markdown
 from kdbench.results import load, write_record
 from tests.helpers import P1, make_record
@@ -63,6 +64,8 @@ def test_rows_from_different_teachers_are_never_pooled(mixed: Path) -> None:
         pytest.approx(4.0)
     ce = board[board["method_label"] == "ce"]
     assert len(ce) == 2 and set(ce["teacher_origin"]) == {"trained", "checkpoint"}
+    assert set(pair_labels(board).values()) == {f"{P1[0]} → {P1[1]} [teacher trained by kdbench]",
+                                                f"{P1[0]}† → {P1[1]} [teacher checkpoint {AUTHORS_SHA[:12]}]"}
 
 
 def test_two_checkpoints_of_one_architecture_are_two_pairs(tmp_path: Path) -> None:
@@ -165,5 +168,9 @@ def test_runs_under_other_data_options_are_other_pairs(tmp_path: Path) -> None:
     write_record(store, _kd("kd2", 0, 73.0, data_options=crd))
     board = leaderboard(load(store))
     assert sorted(board["n"]) == [1, 2]
-    authors = board[board["budget"].str.contains("mean=0.5071/0.4867/0.4408")]
+    authors = board[board["budget_key"].str.contains('"mean": [0.5071, 0.4867, 0.4408]', regex=False)]
     assert len(authors) == 1 and authors["top1_mean"].iloc[0] == 73.0
+    labels = set(pair_labels(board).values())  # where one pair has both, its labels say what tells them apart
+    assert f"{P1[0]} → {P1[1]} [data mean=0.5071/0.4867/0.4408 std=0.2675/0.2565/0.2761]" in labels
+    assert f"{P1[0]} → {P1[1]} [data defaults]" in labels
+    assert "data" not in board["budget"].iloc[0]  # a single budget's label leaves the data options out

@@ -77,11 +77,12 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def budget_label(budget: Mapping[str, Any], name_trained: bool = False) -> str:
+def budget_label(budget: Mapping[str, Any], differing: bool = False) -> str:
     """A short human-readable form of a budget, e.g. ``240 ep, bs 64, lr 0.05 step@150/180/210, wd 0.0005``.
 
-    A teacher kdbench did not train is named with its checkpoint's digest (``teacher checkpoint 1a2b3c4d5e6f``);
-    one kdbench trained only with ``name_trained`` (where budgets differ by it).
+    A teacher kdbench did not train is named with its checkpoint's digest (``teacher checkpoint 1a2b3c4d5e6f``).
+    With ``differing`` (``budget`` holds what tells budgets apart) a teacher kdbench trained is named too, and the
+    dataset's identifying options (``data mean=0.5071/0.4867/0.4408 ...``), which a single budget's label leaves out.
     """
     from kdbench.report.formatting import SHA_DIGITS
 
@@ -106,10 +107,11 @@ def budget_label(budget: Mapping[str, Any], name_trained: bool = False) -> str:
     origin, digest = budget.get("teacher_origin"), budget.get("teacher_ckpt_sha256")
     if origin in EXTERNAL_TEACHERS:
         parts.append(f"teacher {origin}" + (f" {digest[:SHA_DIGITS]}" if isinstance(digest, str) else ""))
-    elif origin == TRAINED and name_trained:
+    elif origin == TRAINED and differing:
         parts.append("teacher trained by kdbench")
-    if budget.get("data_identity"):
-        parts.append("data " + " ".join(f"{k}={_option_text(v)}" for k, v in sorted(budget["data_identity"].items())))
+    if differing and "data_identity" in budget:
+        parts.append("data " + (" ".join(f"{k}={_option_text(v)}" for k, v in sorted(budget["data_identity"].items()))
+                                if budget["data_identity"] else "defaults"))
     if budget.get("val_fraction"):
         parts.append(f"val {budget['val_fraction']:g}")
     if budget.get("image_size") is not None:
@@ -417,7 +419,7 @@ def budget_differences(budget_keys: Iterable[str]) -> dict[str, str]:
         differing = {f: v for f, v in budget.items() if any(other.get(f) != v for other in budgets.values())}
         if "milestones" in differing and "schedule" not in differing:
             differing["schedule"] = budget.get("schedule")
-        labels[key] = budget_label(differing, name_trained=True) if differing else budget_label(budget)
+        labels[key] = budget_label(differing, differing=True) if differing else budget_label(budget)
     return labels
 
 
