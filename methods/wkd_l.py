@@ -168,16 +168,27 @@ class WassersteinLogitKD(Distiller):
         self.teacher_pass = (COSTS[params.cost],)
         self._cost_ready = True
         self._seen: list[tuple[Tensor, Tensor, Tensor]] = []
-        smallest = int(torch.bincount(context.train_labels, minlength=data.num_classes).min()) if context else 0
+        labels = context.train_labels if context is not None else torch.zeros(0, dtype=torch.long)
+        smallest = int(torch.bincount(labels, minlength=data.num_classes).min()) if len(labels) else 0
         if params.cost_samples > smallest > 0:
             raise ConfigError(f"wkd_l: cost_samples {params.cost_samples} exceeds the smallest class's "
                               f"{smallest} training samples")
+        # each sample's rank within its class by index: a process keeps only the rows that can be chosen
+        order = torch.argsort(labels * len(labels) + torch.arange(len(labels)))
+        starts = torch.cumsum(torch.bincount(labels, minlength=data.num_classes), 0) - torch.bincount(
+            labels, minlength=data.num_classes)
+        self._rank = torch.empty_like(labels).scatter_(0, order, torch.arange(len(labels)) - starts[labels[order]])
+        self._keep = (params.cost_samples or smallest) if smallest > 0 else None
 
     def observe_teacher(self, batch: TeacherBatch) -> None:
         """Keep the batch's rows: each sample's final-map positions (channels last) or its logits."""
         rows = (batch.teacher_logits[:, None] if self.params.cost == "cka_logits"
                 else batch.teacher_final_map.flatten(2).transpose(1, 2))
-        self._seen.append((batch.indices.cpu(), batch.labels.cpu(), rows.float().cpu()))
+        indices, labels = batch.indices.cpu(), batch.labels.cpu()
+        if self._keep is not None and len(indices) and int(indices.max()) < len(self._rank):
+            chosen = self._rank[indices] < self._keep
+            indices, labels, rows = indices[chosen], labels[chosen], rows[chosen.to(rows.device)]
+        self._seen.append((indices, labels, rows.float().cpu()))
 
     def finish_teacher_pass(self) -> None:
         """Every process's rows, each class's first samples by index, and the CKA cost from them."""
