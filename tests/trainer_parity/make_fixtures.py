@@ -8,6 +8,8 @@ commit)::
     git clone https://github.com/megvii-research/mdistiller && git -C mdistiller checkout <MDISTILLER_COMMIT>
     python -m tests.trainer_parity.make_fixtures --mdistiller mdistiller
     python -m tests.trainer_parity.make_fixtures --logit-standardization logit-standardization-KD
+    python -m tests.trainer_parity.make_fixtures --ctkd CTKD --mlkd Multi-Level-Logit-Distillation \
+        --dist DIST_KD/classification   # DIST_KD's submodule, image_classification_sota at DIST_CLASSIFICATION_COMMIT
 
 The authors' code needs only torch and numpy for what is driven here. For each method it builds the student,
 teacher, module list, criterion list and optimiser with the same calls, in the same order, as the authors'
@@ -21,7 +23,10 @@ step. For mdistiller it builds the distiller of ``DISTILLER.TYPE`` with the conf
 ``tools/train.py`` does, builds the optimiser with the trainer's own ``init_optimizer`` (the distiller's
 ``get_learnable_parameters``), and runs each epoch as ``BaseTrainer.train_epoch`` does before it validates
 (``adjust_learning_rate``, ``distiller.train()``, the trainer's own ``train_iter`` for each batch; CRD through
-``CRDTrainer``); ``.cuda()`` is the identity. The fixture holds the trajectory, the digests of the final student,
+``CRDTrainer``, MLKD through ``AugTrainer`` with :func:`common.strong_view` as the strong view); ``.cuda()`` is
+the identity. CTKD (and the logit-standardisation code's copy of it) runs as its ``train_student.py`` runs a
+``--distill kd --have_mlp 1`` run (:func:`ctkd_run`), DIST as image_classification_sota's ``tools/train.py`` runs
+``dist_cifar.yaml`` (:func:`dist_run`). The fixture holds the trajectory, the digests of the final student,
 method modules and momentum buffers, the names and shapes of the authors' tensors (so that kdbench can be given the
 same initial values), and its source.
 """
