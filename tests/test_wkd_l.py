@@ -197,3 +197,49 @@ def test_a_resumed_run_reads_the_cost_matrix_from_its_checkpoint(tmp_path, monke
     assert torch.equal(cost, cost.t()) and cost.diagonal().abs().max() < 1e-5 and cost.max() > 0
     monkeypatch.setattr(WassersteinLogitKD, "finish_teacher_pass", lambda self: None)  # the cost stays zero
     assert computed(execute(specs, options("resumed"))) == reference
+
+
+COST_DUMP = '''
+import os
+from pathlib import Path
+
+import torch
+
+from kdbench.distiller import register_method
+from kdbench.methods.wkd_l import WassersteinLogitKD
+
+
+@register_method("wkd_l_dump")
+class CostDump(WassersteinLogitKD):
+    """WKD-L that writes its cost matrix after the teacher pass, one file per process (test)."""
+
+    def finish_teacher_pass(self):
+        super().finish_teacher_pass()
+        name = f"{os.environ.get('WORLD_SIZE', '1')}_{os.environ.get('RANK', '0')}.pt"
+        torch.save(self.cost.cpu(), Path(os.environ["COST_DIR"]) / name)
+'''
+
+
+@pytest.mark.slow
+def test_the_cost_matrix_is_the_same_under_torchrun_as_in_one_process(tmp_path, monkeypatch):
+    """Two processes, each passing the teacher over its share of the batches, gather one matrix: the single one."""
+    import subprocess
+    import sys
+
+    from tests.test_distributed import torchrun
+
+    plugin = tmp_path / "cost_dump.py"
+    plugin.write_text(COST_DUMP)
+    monkeypatch.setenv("COST_DIR", str(tmp_path))
+    args = ["run", "--dataset", "digits", "--teacher", TINY_TEACHER, "--student", "test_efficientnet", "--method",
+            "wkd_l_dump", "--plugin", str(plugin), "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "64",
+            "--device", "cpu", "--no-progress", "--teacher-cache", str(tmp_path / "teachers")]
+    single = subprocess.run([sys.executable, "-m", "kdbench", *args, "--results", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=900, check=False)
+    assert single.returncode == 0, single.stderr[-3000:]
+    done = torchrun([*args, "--results", str(tmp_path / "two")], timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, *two = (torch.load(tmp_path / name, weights_only=True) for name in ("1_0.pt", "2_0.pt", "2_1.pt"))
+    assert one.abs().sum() > 0
+    for cost in two:
+        assert torch.allclose(cost, one, atol=1e-6)
