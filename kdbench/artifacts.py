@@ -9,28 +9,37 @@ input size and the normalisation it was trained with; the record holds its SHA-2
 ``student_best_sha256``; null when not saved). Files are written atomically, before the record that names them,
 and by rank 0 alone under torchrun.
 
-Only the deployed network is saved: :func:`deployed_student` is the one place that decides what that is (today the
-run's timm student; never a method's adapters, projectors or auxiliary heads).
+Only the deployed network is saved: the method's ``deployed_student`` decides what that is (by default the run's
+timm student; never a method's adapters or auxiliary heads it does not predict with). A deployed network that is
+not the bare student is a :class:`kdbench.distiller.DeployedNetwork` (SimKD's: the student's features, its trained
+projector and the teacher's classifier): its student file holds the backbone (the timm student without its
+classifier, ``num_classes=0``) and its head is written beside it as a ``torch.export`` program
+(``runs/<run_id>.student-<which>.head.pt2``, :meth:`kdbench.store.Store.student_head_path`), whose SHA-256 the
+student file's header holds under ``head``; ``logits = head(backbone.forward_features(images))``.
 
 :func:`export_student` turns a saved student into the folder timm's own hub push writes: ``config.json`` (written
 by timm's ``save_config_for_hf``: architecture, classes, model arguments and the pretrained config with the input
 size, mean, std, interpolation and crop), ``model.safetensors`` (the stored file, byte for byte) and a model card
 ``README.md`` with the record's figures. ``timm.create_model("local-dir:<folder>", pretrained=True)``, or the
-architecture with ``pretrained_cfg_overlay=dict(file=<folder>/model.safetensors)``, then loads it.
+architecture with ``pretrained_cfg_overlay=dict(file=<folder>/model.safetensors)``, then loads it. A network with a
+head adds ``head.pt2`` (the stored program, byte for byte), loaded by ``torch.export.load``: timm and torch alone
+run it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import inspect
+import io
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +50,7 @@ from torch import Tensor, nn
 
 from kdbench.config import NOT_HASHED, RunSpec, identity_data_options
 from kdbench.data import DATASETS, DataConfig, DatasetInfo, ImageFolderSource
+from kdbench.distiller import DeployedNetwork
 from kdbench.errors import ConfigError, DataError
 from kdbench.options import ExecOptions
 from kdbench.store import Store, atomic_write_bytes, atomic_write_text
@@ -54,6 +64,8 @@ WHICH = ("last", "best")
 HEADER_KEY = "kdbench"
 #: the files of an exported folder, as timm's hub push names them
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+#: the head of a deployed network that is not the bare student, in an exported folder (a ``torch.export`` program)
+HEAD_FILE = "head.pt2"
 #: pretrained-config entries that describe the architecture's published weights, not the exported ones
 _SOURCE_ENTRIES = ("tag", "license", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "state_dict",
                    "paper_ids", "paper_name", "notes", "origin_url", "description", "test_input_size",
@@ -75,22 +87,40 @@ def kept(save_students: str) -> tuple[str, ...]:
 
 
 def deployed_student(member: Member) -> nn.Module:
-    """The network a run deploys: its timm student, never its method's adapters, projectors or auxiliary heads.
+    """The network a run deploys at its current weights (``member.deployed()``: the method's ``deployed_student``)."""
+    return member.deployed()
 
-    The one place that decides it: everything saved or exported is this module's ``state_dict``.
+
+def head_program(network: DeployedNetwork, header: Mapping[str, Any]) -> bytes:
+    """The ``torch.export`` program of a deployed network's head, as bytes (the same in every process).
+
+    Exported on the CPU in float32 from an all-zero example of the backbone's ``forward_features`` output at the
+    run's input size, with the batch dimension free, so any batch size runs through it.
     """
-    return member.student
+    import torch
+
+    head = copy.deepcopy(network.head).to("cpu", torch.float32).eval()
+    backbone = copy.deepcopy(network.backbone).to("cpu", torch.float32).eval()
+    size = (2, int(header["in_chans"]), int(header["image_size"]), int(header["image_size"]))
+    with torch.no_grad():
+        shape = backbone.forward_features(torch.zeros(size)).shape
+        program = torch.export.export(head, (torch.zeros(shape),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
 
 
-@contextlib.contextmanager
-def _weights_at_best_val(member: Member) -> Iterator[None]:
-    """The member's student holds its best-validation weights for the block, and its last ones again after."""
-    last = {k: v.detach().clone() for k, v in member.student.state_dict().items()}
-    member.student.load_state_dict(member.best_state)
-    try:
-        yield
-    finally:
-        member.student.load_state_dict(last)
+def _network_files(network: nn.Module, member: Member,
+                   header: dict[str, Any]) -> tuple[dict[str, Tensor], bytes | None] | None:
+    """The tensors of a deployed network's student file and its head program (``None`` for the bare student).
+
+    ``None`` for a network that is neither the student nor a :class:`DeployedNetwork`: it has no timm form.
+    """
+    if network is member.student:
+        return network.state_dict(), None
+    if not isinstance(network, DeployedNetwork):
+        return None
+    return network.backbone.state_dict(), head_program(network, header)
 
 
 def preprocessing(spec: RunSpec, info: DatasetInfo) -> dict[str, Any]:
@@ -139,15 +169,26 @@ def save_students(member: Member, info: DatasetInfo, options: ExecOptions) -> di
     header = {"run_id": spec.run_id, "architecture": spec.student, "num_classes": info.num_classes,
               "in_chans": info.in_chans, "image_size": info.image_size, **preprocessing(spec, info),
               "label_names": list(info.class_names) if info.class_names else None}
+    from kdbench.training.evaluation import deployed_at_best_val
+
     for which in kept(options.save_students):
         if which == "best" and member.best_state is None:
             options.log(f"note: {spec.run_id} has no validation split, so no best-validation student to save "
                         "(--save-students best needs --val-fraction > 0)")
             continue
-        with _weights_at_best_val(member) if which == "best" else contextlib.nullcontext():
-            weights = deployed_student(member).state_dict()
+        here = deployed_at_best_val(member) if which == "best" else contextlib.nullcontext(deployed_student(member))
+        with here as network:
+            files = _network_files(network, member, header)
+            if files is None:
+                options.log(f"note: {spec.run_id}'s method deploys a {type(network).__name__}, neither its student nor "
+                            "a DeployedNetwork, so no student is saved")
+                break
+            weights, head = files
             epoch = member.best_val_epoch if which == "best" else spec.epochs
-            data = student_file(weights, {**header, "which": which, "epoch": epoch})
+            extra = {"head": {"sha256": hashlib.sha256(head).hexdigest(), "input": "forward_features"}} if head else {}
+            data = student_file(weights, {**header, "which": which, "epoch": epoch, **extra})
+        if head is not None:  # the head first: the student file that names it is written after it
+            atomic_write_bytes(store.student_head_path(spec.run_id, which), head)
         atomic_write_bytes(store.student_path(spec.run_id, which), data)
         fields[record_field(which)] = hashlib.sha256(data).hexdigest()
     return fields
@@ -259,7 +300,8 @@ def hub_config(header: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> dict
     from kdbench.models import create_model
 
     name, size, chans = header["architecture"], int(header["image_size"]), int(header["in_chans"])
-    model = create_model(name, num_classes=int(header["num_classes"]), in_chans=chans, image_size=size)
+    classes = 0 if header.get("head") else int(header["num_classes"])  # a backbone: its head predicts the classes
+    model = create_model(name, num_classes=classes, in_chans=chans, image_size=size)
     try:
         model.load_state_dict(dict(tensors), strict=True)
     except RuntimeError as err:
@@ -269,18 +311,18 @@ def hub_config(header: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> dict
     default_size = tuple(cfg.get("input_size", (chans, size, size)))[1:]
     data = {"input_size": (chans, size, size), "mean": tuple(header["mean"]), "std": tuple(header["std"]),
             "interpolation": header["interpolation"], "crop_pct": float(header["crop_pct"]), "crop_mode": "center"}
-    cfg.update(architecture=name, num_classes=int(header["num_classes"]), **data)
+    cfg.update(architecture=name, num_classes=classes, **data)
     if default_size != (size, size):
         cfg["pool_size"] = None  # the architecture's default pool size is for its default input size
     model.pretrained_cfg = cfg
-    model_args: dict[str, Any] = {"num_classes": int(header["num_classes"]), "in_chans": chans}
+    model_args: dict[str, Any] = {"num_classes": classes, "in_chans": chans}
     if "img_size" in getattr(model, "_model_args", {}) or getattr(getattr(model, "patch_embed", None), "img_size",
                                                                    None) is not None:
         model_args["img_size"] = size
     extra: dict[str, Any] = {}
     if "data_config" in inspect.signature(save_config_for_hf).parameters:
         extra["data_config"] = data
-    model_config = {"label_names": list(header["label_names"])} if header.get("label_names") else None
+    model_config = {"label_names": list(header["label_names"])} if header.get("label_names") and classes else None
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / CONFIG_FILE
         save_config_for_hf(model, str(path), model_config=model_config, model_args=model_args, **extra)
@@ -338,7 +380,8 @@ def model_card(record: Mapping[str, Any], header: Mapping[str, Any], which: str,
     img_arg = f", img_size={size}" if takes_img_size else ""
     imports = _loader_lines(arch)
     rows = [
-        ("Architecture", f"`{arch}` (timm), {header['num_classes']} classes, {chans}x{size}x{size} inputs"),
+        ("Architecture", f"`{arch}` (timm), {header['num_classes']} classes, {chans}x{size}x{size} inputs"
+         + (f"; the method's head (`{HEAD_FILE}`) predicts from its features" if header.get("head") else "")),
         ("Dataset", f"{record['dataset']}"),
         ("Teacher", f"`{teacher}`" + (f" (test top-1 {_percent(record.get('teacher_top1'))})"
                                       if record.get("teacher_top1") is not None else "")),
@@ -359,11 +402,29 @@ def model_card(record: Mapping[str, Any], header: Mapping[str, Any], which: str,
         ("Run id", f"`{record['run_id']}`"),
     ]
     table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    if header.get("head"):
+        code = "\n".join([
+            "import timm", "import torch", *imports, "",
+            "# the backbone (the student without its classifier) and the method's head, which predicts the classes",
+            'backbone = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True).eval()',
+            f'head = torch.export.load("PATH/TO/THIS/FOLDER/{HEAD_FILE}").module()',
+            "config = timm.data.resolve_data_config({}, model=backbone)  # input size, mean, std, interpolation, crop",
+            "with torch.no_grad():",
+            "    logits = head(backbone.forward_features(images))  # images: a batch preprocessed as below",
+        ])
+    else:
+        code = _timm_code(arch, header, imports, img_arg)
+    return _card_text(record, header, table, code, imports)
+
+
+def _timm_code(arch: str, header: Mapping[str, Any], imports: list[str], img_arg: str) -> str:
+    """The card's loading code of a bare timm student."""
+    chans, size = header["in_chans"], header["image_size"]
     mean, std = ", ".join(f"{v:g}" for v in header["mean"]), ", ".join(f"{v:g}" for v in header["std"])
     overlay = (f'file="PATH/TO/THIS/FOLDER/{WEIGHTS_FILE}", num_classes={header["num_classes"]}, '
                f"input_size=({chans}, {size}, {size}),\n{' ' * 34}mean=({mean},), std=({std},), "
                f'interpolation="{header["interpolation"]}", crop_pct={header["crop_pct"]:g}')
-    code = "\n".join([
+    return "\n".join([
         "import timm", *imports, "",
         "# the folder (or, once pushed, 'hf-hub:<user>/<repo>'): architecture and classes come from config.json",
         'model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True).eval()', "",
@@ -374,6 +435,16 @@ def model_card(record: Mapping[str, Any], header: Mapping[str, Any], which: str,
         f"                          pretrained_cfg_overlay=dict({overlay})).eval()",
         "config = timm.data.resolve_data_config({}, model=model)  # input size, mean, std, interpolation, crop",
     ])
+
+
+def _card_text(record: Mapping[str, Any], header: Mapping[str, Any], table: str, code: str,
+               imports: list[str]) -> str:
+    """The model card around its figures' table and its loading code."""
+    arch, size = header["architecture"], header["image_size"]
+    teacher = record.get("teacher") or (
+        "itself" if record.get("teacher_source") == "self" else "none (trained without a teacher)")
+    method = record.get("method_label") or record["method"]
+    mean, std = ", ".join(f"{v:g}" for v in header["mean"]), ", ".join(f"{v:g}" for v in header["std"])
     return "\n".join([
         "---", "tags:", "- image-classification", "- timm", "- knowledge-distillation", "- kdbench",
         "library_name: timm", "pipeline_tag: image-classification", "---", "",
@@ -427,6 +498,7 @@ def export_student(store: Store, record: Mapping[str, Any], which: str, out: Pat
     if hashlib.sha256(data).hexdigest() != sha256:
         raise DataError(f"{path} changed since its run saved it (its SHA-256 is not the one in the record)")
     tensors, header = read_student(path)
+    head = _stored_head(store, run_id, which, header)
     config = hub_config(header, tensors)
     card = model_card(record, header, which, sha256, seed_summary(record, records or [record]),
                       takes_img_size="img_size" in (config.get("model_args") or {}))
@@ -435,6 +507,8 @@ def export_student(store: Store, record: Mapping[str, Any], which: str, out: Pat
     try:
         atomic_write_text(staging / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         atomic_write_bytes(staging / WEIGHTS_FILE, data)
+        if head is not None:
+            atomic_write_bytes(staging / HEAD_FILE, head)
         atomic_write_text(staging / CARD_FILE, card)
         os.chmod(staging, 0o755)  # noqa: S103 - mkdtemp's 0700 would hide the folder from the other users
         if out.exists():
@@ -448,6 +522,23 @@ def export_student(store: Store, record: Mapping[str, Any], which: str, out: Pat
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _stored_head(store: Store, run_id: str, which: str, header: Mapping[str, Any]) -> bytes | None:
+    """The head program a saved student's header names, checked against its SHA-256; ``None`` without one.
+
+    Raises:
+        DataError: the head file is missing or changed since its run saved it.
+    """
+    if not header.get("head"):
+        return None
+    path = store.student_head_path(run_id, which)
+    if not path.is_file():
+        raise DataError(f"the head of the {which!r} student of run {run_id} is missing from the store ({path})")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != header["head"]["sha256"]:
+        raise DataError(f"{path} changed since its run saved it (its SHA-256 is not the one its student file names)")
+    return data
 
 
 def check_which(which: str) -> None:

@@ -7,7 +7,8 @@ declares it needs: stage maps (``student_stages`` / ``teacher_stages``), pre-log
 (``embeddings``), extra augmented views of the batch (``extra_views``). A method is built knowing its run
 (:class:`RunContext`), may train some modules in an initialisation phase before the main training
 (``init_epochs`` / ``init_losses`` / ``init_parameters``), may give its modules their own optimiser groups
-(``param_groups``) and may prepare the student (``prepare_student``).
+(``param_groups``). It may also adapt the student it trains (``training_student``) and define the network deployed
+after training (``deployed_student``; ``deployed_variants``: further networks evaluated beside it, such as early exits).
 
 Epochs. ``Step.epoch`` counts from 0, as Python does; papers and mdistiller count from 1. A schedule written
 in a paper's epochs uses :meth:`Step.ramp` (mdistiller's ``min(epoch / warmup, 1)`` with its 1-based epoch),
@@ -17,6 +18,7 @@ so the first epoch of a 20-epoch ramp has weight 1/20 and epoch 20 (``step.epoch
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -283,6 +285,85 @@ class TeacherBatch:
     teacher_classifier: nn.Linear | None = None
 
 
+@dataclass
+class TeacherParts:
+    """What a deployed network may borrow from the teacher: frozen copies, made when the run's member is built.
+
+    Attributes:
+        classifier: the teacher's classifier (one ``nn.Linear``), for a method that declares ``classifiers``.
+    """
+
+    classifier: nn.Linear | None = None
+
+
+class FinalMap(nn.Module):
+    """The layout step of :func:`kdbench.features.final_feature_map` as a module, fixed for one model.
+
+    A CNN's NCHW map passes through (an NHWC one is permuted); a ViT's tokens lose their ``prefix_tokens`` and
+    are laid out on ``grid``. It is the first module of a deployed head, so an exported head needs only torch.
+    """
+
+    def __init__(self, layout: str, prefix_tokens: int = 0, grid: tuple[int, int] = (0, 0)) -> None:
+        super().__init__()
+        self.layout, self.prefix_tokens, self.grid = layout, int(prefix_tokens), (int(grid[0]), int(grid[1]))
+
+    @classmethod
+    def of(cls, model: nn.Module, features: Tensor) -> FinalMap:
+        """The layout of ``features``, an output of ``model.forward_features``."""
+        from kdbench.features import final_feature_map
+
+        if features.ndim == 4:
+            return cls("nhwc" if getattr(model, "output_fmt", "NCHW") == "NHWC" else "nchw")
+        grid = tuple(final_feature_map(model, features).shape[2:])  # tokens on a grid, or one error line
+        return cls("tokens", int(getattr(model, "num_prefix_tokens", 0) or 0), (grid[0], grid[1]))
+
+    def forward(self, features: Tensor) -> Tensor:
+        """The NCHW map."""
+        if self.layout == "nchw":
+            return features
+        if self.layout == "nhwc":
+            return features.permute(0, 3, 1, 2)
+        tokens = features[:, self.prefix_tokens:]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], self.grid[0], self.grid[1])
+
+    def extra_repr(self) -> str:
+        """The layout, for ``repr``."""
+        return f"layout={self.layout}, prefix_tokens={self.prefix_tokens}, grid={self.grid}"
+
+
+class DeployedNetwork(nn.Module):
+    """A deployed network that is not the bare student: a method's head on the student's final map.
+
+    ``logits = head(backbone.forward_features(images))``: ``backbone`` is a copy of the trained timm student without
+    its classifier (``reset_classifier(0)``; a method that predicts through a head of its own never uses it), and
+    ``head`` is :class:`FinalMap` (the features laid out as the NCHW map ``Step.student_final_map`` is) followed by
+    a copy of the method's head. Both are copies, frozen and in eval mode, holding the weights of the moment the
+    network was built. ``kdbench export`` writes the backbone as the folder timm loads and the head as a
+    ``torch.export`` program beside it.
+
+    Args:
+        student: the trained timm student.
+        head: the method's head: NCHW final map -> logits.
+        input_size: ``(channels, height, width)`` of the run's images (to lay out the backbone's features).
+    """
+
+    def __init__(self, student: nn.Module, head: nn.Module, input_size: tuple[int, int, int]) -> None:
+        super().__init__()
+        backbone = copy.deepcopy(student)
+        backbone.reset_classifier(0)
+        for param in [*backbone.parameters()]:
+            param.grad = None
+        self.backbone = backbone.requires_grad_(False).eval()
+        param = next(backbone.parameters())
+        with torch.no_grad():
+            features = backbone.forward_features(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
+        self.head = nn.Sequential(FinalMap.of(backbone, features), copy.deepcopy(head)).requires_grad_(False).eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The logits."""
+        return self.head(self.backbone.forward_features(images))
+
+
 class Distiller(nn.Module):
     """Base class of every distillation method.
 
@@ -440,20 +521,53 @@ class Distiller(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} sets gradient_groups but does not implement make_optimizer")
 
-    def prepare_student(self, student: nn.Module) -> None:
-        """Adapt the freshly created student before training (e.g. turn on a distillation head); no-op by default.
+    def training_student(self, student: nn.Module) -> nn.Module:
+        """The module trained as the student, from the freshly created timm student; by default the student itself.
 
-        The deployed student is whatever the model returns in eval mode, so a change here must keep that a single
-        logits tensor. Raise a :class:`~kdbench.errors.ModelError` for a student the method cannot use.
+        A method may change the student here (turn on a distillation head: its training forward then returns every
+        head, each in ``step.student_heads``) and return it. Raise a :class:`~kdbench.errors.ModelError` for a
+        student the method cannot use. The default calls the older ``prepare_student`` hook, so plugins written
+        against it keep working.
         """
+        self.prepare_student(student)
+        return student
 
-    def eval_logits(self, student_logits: Tensor, student_features: dict[int, Tensor]) -> dict[str, Tensor]:
-        """Extra named predictions to evaluate on the test split (e.g. early exits); none by default.
+    def deployed_student(self, student: nn.Module, teacher: TeacherParts) -> nn.Module:
+        """The network deployed after training; by default the trained student itself.
 
-        The engine calls it with the student and the method in eval mode, under ``inference_mode``, and restores
-        their modes afterwards.
+        The harness evaluates it (each epoch's validation top-1, the record's test figures), counts it
+        (``params_m``, MACs), measures its speed, saves it (``--save-students``) and exports it (``kdbench
+        export``). A method whose predictions go through modules of its own returns a :class:`DeployedNetwork`
+        (the student's final features, then a head), which holds copies: later training does not change it.
+        ``teacher`` holds frozen copies of what the network may borrow from the teacher (its classifier, for a
+        method that declares ``classifiers``). Called whenever the network is needed at the current weights.
+        """
+        return student
+
+    def deployed_variants(self, student: nn.Module, teacher: TeacherParts) -> dict[str, nn.Module]:
+        """Further networks evaluated on the test split after training, their top-1 recorded by name (``exit_top1``).
+
+        Early exits, or an ensemble of them; none by default. Each maps images to logits; the harness puts them,
+        the student and the method in eval mode and evaluates them under ``inference_mode`` right away.
         """
         return {}
+
+    def prepare_student(self, student: nn.Module) -> None:
+        """Older hook, kept for plugins written against it: :meth:`training_student` calls it; a no-op by default."""
+
+    def eval_logits(self, student_logits: Tensor, student_features: dict[int, Tensor]) -> dict[str, Tensor]:
+        """Older hook, kept for plugins written against it: extra named predictions from one evaluation pass.
+
+        New methods define :meth:`deployed_variants`. A method that overrides this one is evaluated the old way:
+        one pass of the student with the stages in ``eval_student_stages``, this hook's outputs recorded by name in
+        ``exit_top1`` (student and method in eval mode, under ``inference_mode``).
+        """
+        return {}
+
+    @classmethod
+    def uses_eval_logits(cls) -> bool:
+        """Whether the method overrides the older :meth:`eval_logits` (then evaluated the old way)."""
+        return cls.eval_logits is not Distiller.eval_logits
 
     # Methods that train several generations (born-again networks) override these two.
     @classmethod
@@ -652,13 +766,16 @@ def check_params_overrides(method: str, overrides: dict[str, Any]) -> None:
 
 __all__ = [
     "FAMILIES",
+    "DeployedNetwork",
     "Distiller",
+    "FinalMap",
     "METHODS",
     "MethodParams",
     "RunContext",
     "StageSelection",
     "Step",
     "TeacherBatch",
+    "TeacherParts",
     "View",
     "check_declared_ranges",
     "check_params_overrides",

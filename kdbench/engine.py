@@ -34,6 +34,7 @@ from kdbench.teachers import Teacher, prepare_teacher
 from kdbench.trackers import attach_trackers, finish_trackers
 from kdbench.training import Member, classification_metrics, predict, top1, train_members
 from kdbench.training.checkpoint import Checkpoints, Resume
+from kdbench.training.evaluation import deployed_at_best_val, predict_deployed
 from kdbench.training.forward import teacher_pass_before_training
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,6 +266,12 @@ def _record(member: Member, splits: Splits, teacher: Teacher | None, options: Ex
     spec = member.spec
     record = _base_record(spec, device)
     train_time = member.own_time_s + member.shared_time_s
+    network = member.student
+    if member.active:
+        try:
+            network = member.deployed()  # what the run deploys: evaluated, counted, measured and saved
+        except Exception as err:  # noqa: BLE001 - a method's failure is its run's failure
+            member.fail(err)
     record.update(
         status=member.status if member.status != "running" else "ok",
         error=member.error,
@@ -274,7 +281,7 @@ def _record(member: Member, splits: Splits, teacher: Teacher | None, options: Ex
         image_size=splits.info.image_size,
         teacher_sha256=teacher.sha256 if (teacher and member.uses_teacher) else None,
         teacher_top1=member.teacher_top1,
-        params_m=count_params_m(member.student),
+        params_m=count_params_m(network),
         extra_params_m=member.extra_params_m,
         extra_buffers_m=member.extra_buffers_m,
         train_time_s=train_time,
@@ -300,8 +307,7 @@ def _record(member: Member, splits: Splits, teacher: Teacher | None, options: Ex
     if record["status"] != "ok":
         return record
     eval_batch = max(256, spec.batch_size)
-    pred = predict(member.student, splits, spec.eval_split, eval_batch, amp=spec.amp, channels_last=spec.channels_last,
-                   method=member.method)
+    pred = predict_deployed(member, splits, spec.eval_split, eval_batch, network=network)
     teacher_logits = teacher.logits(spec.eval_split) if (teacher and member.uses_teacher) else None
     record.update(classification_metrics(pred, teacher_logits))
     if spec.eval_split == "test" and member.best_state is not None:
@@ -311,19 +317,15 @@ def _record(member: Member, splits: Splits, teacher: Teacher | None, options: Ex
         record["exit_top1"] = {name: float((logits.argmax(1) == labels).float().mean() * 100)
                                for name, logits in pred.extra.items()}
     if options.measure and distributed.is_main():
-        record.update(_efficiency(member, splits, options, device))
+        record.update(_efficiency(member, network, splits, options, device))
     return record
 
 
 def _top1_at_best_val(member: Member, splits: Splits, batch_size: int) -> float:
-    """Test top-1 of the student's weights at its best validation epoch (selected on val, never on test)."""
+    """Test top-1 of the deployed network at its best validation epoch (selected on val, never on test)."""
     spec = member.spec
-    last = {k: v.detach().clone() for k, v in member.student.state_dict().items()}
-    member.student.load_state_dict(member.best_state)
-    try:
-        pred = predict(member.student, splits, "test", batch_size, amp=spec.amp, channels_last=spec.channels_last)
-    finally:
-        member.student.load_state_dict(last)
+    with deployed_at_best_val(member) as network:
+        pred = predict(network, splits, "test", batch_size, amp=spec.amp, channels_last=spec.channels_last)
     return top1(pred.logits, pred.labels)
 
 
@@ -334,15 +336,17 @@ def _teacher_costs(teacher: Teacher, splits: Splits) -> dict[str, Any]:
     return {"teacher_params_m": count_params_m(teacher.model), "teacher_gmacs": gmacs}
 
 
-def _efficiency(member: Member, splits: Splits, options: ExecOptions, device: torch.device) -> dict[str, Any]:
-    """Params, MACs and inference speed of the deployed student, measured once per architecture and store."""
+def _efficiency(member: Member, network: torch.nn.Module, splits: Splits, options: ExecOptions,
+                device: torch.device) -> dict[str, Any]:
+    """Params, MACs and inference speed of the deployed network, measured once per network and store."""
     spec, info = member.spec, splits.info
     input_size = (info.in_chans, info.image_size, info.image_size)
+    signature = None if network is member.student else measure.network_signature(network)
     key = measure.efficiency_key(spec.student, input_size, info.num_classes, device=device, amp=spec.amp,
-                                 channels_last=spec.channels_last)
+                                 channels_last=spec.channels_last, network=signature)
     fields = Store.of(options).cached(
         Store.EFFICIENCY, key,
-        lambda: measure.efficiency(member.student, input_size, device=device, amp=spec.amp,
+        lambda: measure.efficiency(network, input_size, device=device, amp=spec.amp,
                                    channels_last=spec.channels_last))
-    fields.pop("params_m", None)  # counted above on the trained student itself
+    fields.pop("params_m", None)  # counted above on the deployed network itself
     return fields

@@ -21,6 +21,7 @@ scheduler keeps them once per results store, under :func:`efficiency_key` (:meth
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -47,6 +48,7 @@ __all__ = [
     "cpu_benchmark",
     "efficiency",
     "efficiency_key",
+    "network_signature",
     "gpu_benchmark",
     "gpu_fields_null",
 ]
@@ -440,12 +442,14 @@ def efficiency_key(
     gpu_batch_size: int = 256,
     amp: bool = False,
     channels_last: bool = False,
+    network: str | None = None,
 ) -> dict[str, Any]:
     """The cache key of :func:`efficiency` for one architecture: everything that changes one of its figures.
 
     Holds the model name, input size, class count, the CPU and (for CUDA) GPU names, the thread count, both batch
     sizes, amp, channels_last, the torch and timm versions and :data:`MEASURE_PROTOCOL_VERSION`. Pass the same
-    ``threads`` and batch sizes to :func:`efficiency` inside the ``compute`` callable.
+    ``threads`` and batch sizes to :func:`efficiency` inside the ``compute`` callable. ``network``: the
+    :func:`network_signature` of a deployed network that is not the bare student (absent from the key otherwise).
     """
     target = torch.device(device)
     measures_gpu = target.type == "cuda" and torch.cuda.is_available()
@@ -464,4 +468,14 @@ def efficiency_key(
         "torch_version": torch.__version__,
         "timm_version": timm.__version__,
         "protocol": MEASURE_PROTOCOL_VERSION,
+        **({"network": network} if network is not None else {}),
     }
+
+
+def network_signature(model: nn.Module) -> str:
+    """A short digest of a network's structure (its ``repr``: every layer and its shapes), for :func:`efficiency_key`.
+
+    A deployed network that is not the bare timm student (a method's head after its features) is measured under
+    its own key, so it never shares cached figures with the student it was built from.
+    """
+    return hashlib.sha256(repr(model).encode()).hexdigest()[:16]

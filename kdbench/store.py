@@ -4,6 +4,7 @@ A results folder holds::
 
     runs/<run_id>.json          one record per run (read and checked by :mod:`kdbench.results`)
     runs/<run_id>.student-{last,best}.safetensors   the deployed student, kept with its record
+    runs/<run_id>.student-{last,best}.head.pt2      its head, when a method deploys one (torch.export)
     checkpoints/<run_id>.pt     the latest checkpoint of a run still training (removed once its record is written)
     corrupt/                    records that broke the record contract, set aside
     claims/<run_id>.lock        a run being trained (an OS file lock; see :meth:`Store.claim`)
@@ -213,6 +214,10 @@ class Store:
     def student_path(self, run_id: str, which: str) -> Path:
         """The saved deployed student of ``run_id`` (``which``: ``last`` or ``best``), beside its record."""
         return self.runs_dir / f"{run_id}.student-{which}.safetensors"
+
+    def student_head_path(self, run_id: str, which: str) -> Path:
+        """The head of a saved deployed network that is not the bare student (a ``torch.export`` program)."""
+        return self.runs_dir / f"{run_id}.student-{which}.head.pt2"
 
     # -- checkpoints -------------------------------------------------------------------------------------------
 

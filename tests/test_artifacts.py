@@ -54,7 +54,8 @@ def trained_like(name: str = TINY_STUDENT, image_size: int = 8, seed: int = 0) -
 def fake_member(spec: RunSpec, model: torch.nn.Module, best: torch.nn.Module | None, status: str = "running"):
     """What :func:`save_students` reads of a trained member."""
     return SimpleNamespace(spec=spec, student=model, best_state=best.state_dict() if best is not None else None,
-                           best_val_epoch=1 if best is not None else None, status=status, active=status == "running")
+                           best_val_epoch=1 if best is not None else None, status=status, active=status == "running",
+                           deployed=lambda: model)  # a method that deploys its student itself
 
 
 SPEC = RunSpec(dataset="digits", student=TINY_STUDENT, method="kd", teacher=TINY_TEACHER, epochs=2)

@@ -1,11 +1,12 @@
-"""Evaluation: a model's predictions over a split (with a method's extra heads) and the classification metrics."""
+"""Evaluation: a model's predictions over a split, a run's deployed network and variants, the classification metrics."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,9 @@ from kdbench import distributed
 from kdbench.data import Batch, Splits
 from kdbench.distiller import Distiller
 from kdbench.features import forward_with_features
+
+if TYPE_CHECKING:
+    from kdbench.training.member import Member
 
 ECE_BINS = 15
 
@@ -84,6 +88,54 @@ def predict(model: nn.Module, splits: Splits, split: str, batch_size: int, *, am
     if not logits:
         return Predictions(torch.empty(0), torch.empty(0, dtype=torch.long))
     return Predictions(torch.cat(logits), torch.cat(labels), {k: torch.cat(v) for k, v in extra.items()})
+
+
+def predict_deployed(member: Member, splits: Splits, split: str, batch_size: int, *,
+                     network: nn.Module | None = None) -> Predictions:
+    """The run's deployed network over ``split``, with each of the method's deployed variants in ``extra``.
+
+    ``network`` defaults to ``member.deployed()``. A method of the older contract that overrides ``eval_logits`` is
+    evaluated the old way: one pass of the student with its ``eval_student_stages``, the hook's outputs in ``extra``.
+    Variants are evaluated one by one, the student and the method put back in the modes they had.
+    """
+    spec, method = member.spec, member.method
+    network = member.deployed() if network is None else network
+    options = {"amp": spec.amp, "channels_last": spec.channels_last}
+    if method.uses_eval_logits():
+        return predict(network, splits, split, batch_size, method=method, **options)
+    pred = predict(network, splits, split, batch_size, **options)
+    variants = method.deployed_variants(member.student, member.teacher_parts())
+    if variants:
+        modes = [(m, m.training) for m in (member.student, *member.student.modules(), method, *method.modules())]
+        method.eval()
+        try:
+            for name, variant in variants.items():
+                pred.extra[name] = predict(variant, splits, split, batch_size, **options).logits
+        finally:
+            for module, training in modes:
+                module.training = training
+    return pred
+
+
+@contextlib.contextmanager
+def deployed_at_best_val(member: Member) -> Iterator[nn.Module]:
+    """The run's deployed network holding its weights of the best validation epoch (``member.best_state``).
+
+    A deployed network that is the student itself gets the best weights for the block and its last ones back
+    after; a network of its own (a copy) is loaded with them, the student left untouched.
+    """
+    network = member.deployed()
+    if network is not member.student:
+        network = copy.deepcopy(network)  # a plugin's network may share modules with the student or the method
+        network.load_state_dict(member.best_state)
+        yield network
+        return
+    last = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    network.load_state_dict(member.best_state)
+    try:
+        yield network
+    finally:
+        network.load_state_dict(last)
 
 
 def _to(value: Any, device: torch.device | str) -> Any:

@@ -15,7 +15,7 @@ from kdbench import distributed
 from kdbench.config import RunSpec, build_params, method_label
 from kdbench.data import DatasetInfo, Splits
 from kdbench.data.base import train_batch_count
-from kdbench.distiller import Distiller, RunContext, Step, View, construct_method, get_method
+from kdbench.distiller import Distiller, RunContext, Step, TeacherParts, View, construct_method, get_method
 from kdbench.features import ModelInfo, classifier_of, describe_model, forward_outputs
 from kdbench.models import count_params_m, create_model
 from kdbench.training.evaluation import autocast, predict, top1
@@ -130,7 +130,7 @@ class Member:
                                        self.context).to(self.device)
         for view in self.method.extra_views:
             VIEW_AUGMENTATIONS.get(view)  # an unknown view fails here, with the names there are
-        self.method.prepare_student(self.student)
+        self.student = self.method.training_student(self.student)
         self._take_classifiers()
         self.method.start_generation(self.generation, previous)
         distributed.sync_batchnorm(self.student, self.method)  # under torchrun: global-batch statistics
@@ -148,6 +148,14 @@ class Member:
         if self.uses_teacher and self.teacher_model is not None and self.teacher_info is not None:
             own = classifier_of(self.teacher_model, self.teacher_info, self.spec.method, "teacher")
             self.teacher_classifier = copy.deepcopy(own).requires_grad_(False).to(self.device)
+
+    def teacher_parts(self) -> TeacherParts:
+        """What the method's deployed network may borrow from the teacher (frozen copies)."""
+        return TeacherParts(classifier=self.teacher_classifier)
+
+    def deployed(self) -> nn.Module:
+        """The network this run deploys, at the current weights: the method's ``deployed_student`` (the student)."""
+        return self.method.deployed_student(self.student, self.teacher_parts())
 
     def next_generation(self) -> None:
         """Freeze the trained student as the next generation's teacher and start a fresh student."""
@@ -319,12 +327,13 @@ class Member:
         entry["train_top1"] = float(stats.correct) / max(1, stats.seen) * 100 if stats.correct is not None else None
         val_top1 = None
         if not init and splits.info.sizes.get("val", 0):
-            pred = predict(self.student, splits, "val", eval_batch_size, amp=self.spec.amp,
+            network = self.deployed()
+            pred = predict(network, splits, "val", eval_batch_size, amp=self.spec.amp,
                            channels_last=self.spec.channels_last)
             val_top1 = top1(pred.logits, pred.labels)
             if self.best_val is None or val_top1 > self.best_val:
                 self.best_val, self.best_val_epoch = val_top1, epoch + 1
-                self.best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+                self.best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
         entry["val_top1"] = val_top1
         entry["time_s"] = epoch_time_s
         self.history.append(entry)
