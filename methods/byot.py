@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import DatasetInfo
-from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
+from kdbench.distiller import Distiller, MethodParams, Step, TeacherParts, register_method, tunable, valid
 from kdbench.errors import ModelError
-from kdbench.features import ModelInfo, StageShape
+from kdbench.features import ModelInfo, StageShape, forward_with_features
 from kdbench.losses import soft_kl
 
 
@@ -50,8 +50,8 @@ class BeYourOwnTeacher(Distiller):
     sample averaged over the batch, as written in the paper. Defaults alpha = 0.3,
     lambda = 0.03, T = 3 and the KL without a T² factor are the authors' code
     (github.com/ArchipLab-LinfengZhang/pytorch-self-distillation-final). The heads count as ``extra_params_m``;
-    the record's ``exit_top1`` holds every exit's test top-1 (``stage<i>``, ``final``, and ``ensemble``: the
-    mean of all exits' logits).
+    the record's ``exit_top1`` holds the test top-1 of every deployed variant: each exit (``stage<i>``: the student
+    up to its stage and the exit's head), ``final`` and ``ensemble`` (the mean of all exits' logits).
     """
 
     family = "self"
@@ -84,7 +84,6 @@ class BeYourOwnTeacher(Distiller):
         self.heads = nn.ModuleList(exit_head(student.stages[i], student.stages[last], data.num_classes)
                                    for i in self.exit_stages)
         self.student_stages = (*self.exit_stages, last)
-        self.eval_student_stages = self.student_stages
 
     def exit_outputs(self, features: dict[int, Tensor]) -> list[tuple[Tensor, Tensor]]:
         """``(pooled bottleneck feature, logits)`` of each shallow exit, shallowest first."""
@@ -107,10 +106,27 @@ class BeYourOwnTeacher(Distiller):
             "loss_exit_hint": p.hint_weight * sum(squared_distance(f, deepest_feature) for f, _ in exits),
         }
 
-    def eval_logits(self, student_logits: Tensor, student_features: dict[int, Tensor]) -> dict[str, Tensor]:
-        """Every exit's logits, the final classifier's, and their mean."""
-        shallow = [z for _, z in self.exit_outputs(student_features)]
-        named = {f"stage{s}": z for s, z in zip(self.exit_stages, shallow, strict=True)}
-        named["final"] = student_logits
-        named["ensemble"] = torch.stack([*shallow, student_logits]).mean(0)
-        return named
+    def deployed_variants(self, student: nn.Module, teacher: TeacherParts) -> dict[str, nn.Module]:
+        """Every shallow exit (its stages of the student, its head), the final classifier, and their mean."""
+        exits = {f"stage{s}": ExitNetwork(student, self, s) for s in self.exit_stages}
+        return {**exits, "final": student, "ensemble": ExitNetwork(student, self, None)}
+
+
+class ExitNetwork(nn.Module):
+    """A shallow exit of a BYOT student (the student's map at its stage, then the exit's head).
+
+    With ``stage=None`` the ensemble: the mean of every exit's logits and the final classifier's, from one pass.
+    """
+
+    def __init__(self, student: nn.Module, method: BeYourOwnTeacher, stage: int | None) -> None:
+        super().__init__()
+        self.student, self.method, self.stage = student, method, stage
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The exit's logits."""
+        if self.stage is not None:
+            _, features = forward_with_features(self.student, images, (self.stage,))
+            head = self.method.heads[self.method.exit_stages.index(self.stage)]
+            return head["classifier"](head["bottleneck"](features[self.stage]).mean(dim=(2, 3)))
+        logits, features = forward_with_features(self.student, images, self.method.student_stages)
+        return torch.stack([*(z for _, z in self.method.exit_outputs(features)), logits]).mean(0)

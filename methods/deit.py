@@ -73,12 +73,16 @@ class DeiT(Distiller):
         super().__init__(params, student, teacher, data, context)
         self.student_name = student.name
 
-    def prepare_student(self, student: nn.Module) -> None:
-        """Turn on the distillation head's training output; a student without one is a one-line ModelError."""
+    def training_student(self, student: nn.Module) -> nn.Module:
+        """The student with its distillation head's training output on; one without is a one-line ModelError.
+
+        The deployed network stays the student itself: in eval mode its logits are the mean of the two heads.
+        """
         if not callable(getattr(student, "set_distilled_training", None)):
             raise ModelError(f"method 'deit' needs a student with a distillation token (a distilled DeiT such as "
                              f"deit_tiny_distilled_patch16_224); {self.student_name!r} has none")
         student.set_distilled_training(True)
+        return student
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Weighted class-token CE and distillation-token terms."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import torch
 
 import kdbench.training as training
 from kdbench.data import DataConfig, load_dataset
-from kdbench.distiller import Step, get_method
+from kdbench.distiller import Step, TeacherParts, get_method
 from kdbench.errors import ModelError
 from kdbench.features import ModelInfo, StageShape, describe_model, forward_with_features
 from kdbench.models import create_model
@@ -23,6 +24,7 @@ from kdbench.options import ExecOptions
 from kdbench.plan import expand, make_spec, plan_cohorts
 from kdbench.results import load
 from kdbench.scheduler import execute
+from kdbench.training.evaluation import predict_deployed
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
 from tests.golden.cases import DATA, STUDENT, build, golden_path, step_for
 from tests.golden.cases import previous_generation as golden_previous_generation
@@ -124,7 +126,7 @@ def test_byot_puts_exits_on_the_deepest_intermediate_stages():
     assert BeYourOwnTeacher(BeYourOwnTeacher.Params(exits=1), five, None, DATA).exit_stages == (3,)
     method = BeYourOwnTeacher(BeYourOwnTeacher.Params(exits=9), five, None, DATA)
     assert method.exit_stages == (0, 1, 2, 3)
-    assert method.student_stages == method.eval_student_stages == (0, 1, 2, 3, 4)
+    assert method.student_stages == (0, 1, 2, 3, 4)
 
 
 def test_byot_needs_feature_taps_and_two_stages():
@@ -190,7 +192,9 @@ def test_byot_builds_on_any_timm_model_with_feature_taps(name):
     total = sum(method.losses(step).values())
     total.backward()
     assert torch.isfinite(total) and all(p.grad is not None for p in method.parameters())
-    assert len(method.eval_logits(logits.detach(), features)) == len(method.exit_stages) + 2
+    with torch.no_grad():  # the deployed variants: each exit, the final classifier and their mean
+        outputs = {n: v.eval()(images) for n, v in method.deployed_variants(model, TeacherParts()).items()}
+    assert len(outputs) == len(method.exit_stages) + 2 and all(o.shape == (4, 10) for o in outputs.values())
 
 
 def test_byot_teaches_only_the_shallow_exits():
@@ -217,10 +221,13 @@ def test_byot_exits_are_evaluated_in_eval_mode_and_name_every_exit():
         method.exit_outputs({s: 2 + torch.randn(8, c.channels, c.height, c.width)
                              for s, c in enumerate(student_info.stages)})
     buffers = {k: v.clone() for k, v in method.state_dict().items()}
-    pred = training.predict(student, splits, "test", 256, method=method)
+    member = SimpleNamespace(spec=SimpleNamespace(amp=False, channels_last=False), method=method, student=student,
+                             deployed=lambda: student, teacher_parts=TeacherParts)  # what the evaluation reads
+    pred = predict_deployed(member, splits, "test", 256)  # the deployed network, then each variant
     assert list(pred.extra) == [*(f"stage{s}" for s in method.exit_stages), "final", "ensemble"]
     assert method.training and all(torch.equal(v, buffers[k]) for k, v in method.state_dict().items())
-    one = training.predict(student, splits, "test", 1, method=method)  # per-sample: BatchNorm in eval mode
+    assert student.training and all(m.training for m in method.modules())  # their modes are put back
+    one = predict_deployed(member, splits, "test", 1)  # per-sample: BatchNorm in eval mode
     for name, logits in pred.extra.items():
         assert torch.allclose(one.extra[name], logits, atol=1e-4), name
     assert torch.equal(pred.extra["final"], pred.logits)

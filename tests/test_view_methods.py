@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from kdbench.cli import main
-from kdbench.distiller import construct_method
+from kdbench.distiller import TeacherParts, construct_method
 from kdbench.errors import ModelError
 from kdbench.features import ModelInfo, StageShape, describe_model
 from kdbench.losses import kd_loss
@@ -135,7 +135,8 @@ def test_deit_prepares_a_distilled_student_with_two_training_heads_and_one_eval_
     student = create_model(TINY_DEIT, num_classes=10, in_chans=1, image_size=8)
     info = describe_model(student, TINY_DEIT, 1, 8)
     method = construct_method(DeiT, DeiT.Params(), info, TEACHER, DATA, CONTEXT)
-    method.prepare_student(student)
+    assert method.training_student(student) is student
+    assert method.deployed_student(student, TeacherParts()) is student  # deployed: the student in eval mode
     images = torch.randn(4, 1, 8, 8)
     cls_logits, dist_logits = student.train()(images)
     student.eval()
@@ -153,7 +154,7 @@ def test_deit_rejects_a_student_without_a_distillation_token_in_one_line():
     info = describe_model(student, "test_efficientnet", 1, 8)
     method = construct_method(DeiT, DeiT.Params(), info, TEACHER, DATA, CONTEXT)
     with pytest.raises(ModelError) as err:
-        method.prepare_student(student)
+        method.training_student(student)
     assert "\n" not in str(err.value) and "'test_efficientnet'" in str(err.value)
 
 

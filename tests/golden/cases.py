@@ -80,7 +80,8 @@ def step_for(method: Distiller) -> Step:
             student_logits=2 * torch.randn(BATCH, NUM_CLASSES, generator=g),
             teacher_logits=3 * torch.randn(BATCH, NUM_CLASSES, generator=g) if uses_teacher else None,
         )
-    several_heads = type(method).prepare_student is not Distiller.prepare_student
+    several_heads = (type(method).training_student is not Distiller.training_student  # a head turned on
+                     or type(method).prepare_student is not Distiller.prepare_student)  # the older hook
     # Final maps (4x4, the models' num_features channels) and classifiers: drawn last, only for methods that ask.
     final_maps, classifiers = getattr(method, "final_maps", False), getattr(method, "classifiers", False)
     s_map = torch.randn(BATCH, STUDENT.num_features, 4, 4, generator=g) if final_maps else None
