@@ -37,14 +37,15 @@ def test_losses_are_finite_scalars_with_gradient_to_the_student(name):
     method = build(name)
     step = step_for(method)
     step.student_logits.requires_grad_(True)
-    for t in step.student_features.values():
+    maps = [*step.student_features.values(), *([step.student_final_map] if step.student_final_map is not None else [])]
+    for t in maps:
         t.requires_grad_(True)
     terms = method.losses(step)
     assert terms and all(k.startswith("loss") for k in terms)
     total = sum(terms.values())
     assert total.ndim == 0 and torch.isfinite(total)
     total.backward()
-    grads = [step.student_logits.grad] + [t.grad for t in step.student_features.values()]
+    grads = [step.student_logits.grad] + [t.grad for t in maps]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
