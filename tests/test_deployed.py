@@ -323,3 +323,36 @@ def test_the_validation_top1_is_the_deployed_networks(monkeypatch):
     run.end_epoch(0, splits, 256, 0.0)
     assert len(seen) == 1 and isinstance(seen[0], DeployedNetwork)
     assert set(run.best_state) == set(seen[0].state_dict())
+
+
+@pytest.mark.slow
+def test_simkd_in_a_cohort_and_resumed_from_a_checkpoint_writes_its_solo_record(tmp_path, monkeypatch,
+                                                                              one_torch_thread):
+    """The deployed network (and its saved files' SHA-256) is the same whether the run trains alone, in a cohort
+    with kd and byot, or is interrupted mid-way and resumed."""
+    from kdbench.options import ExecOptions
+    from kdbench.plan import expand
+    from kdbench.scheduler import execute
+    from tests.conftest import strip_timing
+    from tests.test_checkpoints import Interrupt, interrupt_at
+
+    specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], seeds=[0], epochs=2, teacher_epochs=1,
+                   batch_size=64, lr=0.05, methods={"simkd": {}, "kd": {}, "byot": {}})
+
+    def run(folder: str, cohort: bool = True) -> dict[str, dict]:
+        records = execute(specs, ExecOptions(results=tmp_path / folder, device="cpu", progress=False, measure=False,
+                                             log=lambda _: None, teacher_cache=tmp_path / "teachers", cohort=cohort,
+                                             save_students="both"))
+        assert all(r["status"] == "ok" for r in records)
+        return {r["method"]: {k: v for k, v in strip_timing(r).items()
+                              if k not in ("cohort_size", "cohort_id", "hostname")} for r in records}
+
+    alone = run("solo", cohort=False)
+    assert alone["simkd"]["student_best_sha256"] and alone["simkd"]["best_val_epoch"] is not None
+    assert run("cohort") == alone
+    interrupt_at(monkeypatch, Member, "train_step", 3 * 21 + 10)  # the cohort's second epoch, mid-way
+    with pytest.raises(Interrupt):
+        run("resumed")
+    assert len(list(Store(tmp_path / "resumed").checkpoints_dir.glob("*.pt"))) == 3  # epoch 1, best state included
+    monkeypatch.undo()
+    assert run("resumed") == alone
