@@ -393,9 +393,9 @@ class Distiller(nn.Module):
       updates the parameters (an initialisation phase keeps the run's optimiser).
 
     Trainable modules a method creates (adapters, auxiliary heads, projections) are optimised with the student
-    (in the groups :meth:`param_groups` gives), counted as ``extra_params_m`` and never part of the deployed
-    student; buffers it keeps (memory banks) are counted as ``extra_buffers_m``. A method never calls the
-    models itself: it is handed their outputs in a :class:`Step`.
+    (in the groups :meth:`param_groups` gives), counted as ``extra_params_m`` and part of the deployed network
+    only where :meth:`deployed_student` puts them (SimKD's projector); buffers it keeps (memory banks) are counted
+    as ``extra_buffers_m``. A method never calls the models itself: it is handed their outputs in a :class:`Step`.
 
     Args:
         params: an instance of the subclass's ``Params``.
