@@ -6,9 +6,10 @@ teacher, precision, optimiser, schedule); it sums the terms, logs each one, and 
 declares it needs: stage maps (``student_stages`` / ``teacher_stages``), pre-logits embeddings
 (``embeddings``), extra augmented views of the batch (``extra_views``). A method is built knowing its run
 (:class:`RunContext`), may train some modules in an initialisation phase before the main training
-(``init_epochs`` / ``init_losses`` / ``init_parameters``), may give its modules their own optimiser groups
-(``param_groups``). It may also adapt the student it trains (``training_student``) and define the network deployed
-after training (``deployed_student``; ``deployed_variants``: further networks evaluated beside it, such as early exits).
+(``init_epochs`` / ``init_losses`` / ``init_trains``), may train several generations of the student
+(``teacher_source = "self"``) and may give its modules their own optimiser groups (``param_groups``).
+It may also adapt the student it trains (``training_student``) and define the network deployed after training
+(``deployed_student``; ``deployed_variants``: further networks evaluated beside it, such as early exits).
 
 Epochs. ``Step.epoch`` counts from 0, as Python does; papers and mdistiller count from 1. A schedule written
 in a paper's epochs uses :meth:`Step.ramp` (mdistiller's ``min(epoch / warmup, 1)`` with its 1-based epoch),
@@ -384,8 +385,14 @@ class Distiller(nn.Module):
       :mod:`kdbench.training`; e.g. ``("strong",)``), each run through the student and, once per cohort, the
       teacher;
     - ``init_epochs`` > 0: an initialisation phase of that many epochs before the main training, which keeps
-      its full budget; in it the engine calls :meth:`init_losses` and trains only :meth:`init_parameters`, at
-      the constant learning rate ``init_lr`` (``None``, the default: the run's ``lr``).
+      its full budget; in it the engine calls :meth:`init_losses` and trains what ``init_trains`` names
+      (``"all"``, the default: the student and the method's modules; ``"method"``: only the method's modules,
+      the student staying in eval mode), at the constant learning rate ``init_lr`` (``None``, the default: the
+      run's ``lr``); a parameter the initialisation losses do not reach is left as it is;
+    - generations (``teacher_source = "self"`` with ``needs_teacher = False``): the student is trained
+      ``params.generations`` times from scratch (a ``generations`` field of its ``Params``; 1 without one);
+      generation 0 has no teacher (``Step.teacher_logits`` is ``None``) and generation k is distilled from
+      generation k - 1, frozen in eval mode, whose outputs the harness hands the step as the teacher's.
     - ``gradient_groups``: loss terms whose gradients the method's own optimiser keeps apart, as group name ->
       term names (e.g. ``{"task": ("loss_ce",), "kd": ("loss_kd",)}``; every term in exactly one group); in the
       main phase the harness runs one backward pass per group (each averaged over the processes under torchrun)
@@ -444,6 +451,7 @@ class Distiller(nn.Module):
         self.init_epochs: int = 0
         self.init_lr: float | None = None
         self.gradient_groups: dict[str, tuple[str, ...]] = {}
+        self.init_trains: str = "all"
         self.pairs: tuple[tuple[int, int], ...] = ()
 
     def tap_stage_pairs(self, student: ModelInfo, teacher: ModelInfo, **options: Any) -> tuple[tuple[int, int], ...]:
@@ -493,11 +501,13 @@ class Distiller(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} sets init_epochs but does not implement init_losses")
 
     def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
-        """The parameters trained in the initialisation phase: by default the method's and the student's.
+        """The parameters the initialisation phase's optimiser holds, as ``init_trains`` names them.
 
-        A method that trains only its own modules there (Factor Transfer's paraphraser) returns just those.
+        Kept for plugins written before ``init_trains``: one that overrides this hook is trained on what it returns
+        (see :func:`init_phase_parameters`); built-in methods declare ``init_trains`` instead.
         """
-        return [p for p in self.parameters() if p.requires_grad] + list(student.parameters())
+        own = [p for p in self.parameters() if p.requires_grad]
+        return own if self.init_trains == "method" else own + list(student.parameters())
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimiser groups of the method's trainable parameters (the student's form a group of their own).
@@ -569,14 +579,33 @@ class Distiller(nn.Module):
         """Whether the method overrides the older :meth:`eval_logits` (then evaluated the old way)."""
         return cls.eval_logits is not Distiller.eval_logits
 
-    # Methods that train several generations (born-again networks) override these two.
+    # The contract before generations were declared by ``teacher_source = "self"``: plugins that override these two
+    # keep working (see :func:`generations_of`); built-in methods do not use them.
     @classmethod
     def num_generations(cls, params: Any) -> int:
-        """How many times the student is trained from scratch in this run (1 for almost every method)."""
-        return 1
+        """How many times the student is trained from scratch (overridden only by plugins of the older contract)."""
+        return int(getattr(params, "generations", 1)) if cls.teacher_source == "self" else 1
 
     def start_generation(self, generation: int, previous: nn.Module | None) -> None:
-        """Called before each generation with the previous generation's trained student (frozen, eval mode)."""
+        """Called before each generation with the previous generation (frozen, eval mode); a no-op by default."""
+
+
+def generations_of(cls: type[Distiller], params: Any) -> int:
+    """How many generations a run of ``cls`` with ``params`` trains.
+
+    ``params.generations`` for a method whose ``teacher_source`` is ``"self"`` (1 without the field), 1 for every
+    other method; a plugin of the older contract that overrides ``num_generations`` is asked.
+    """
+    return int(cls.num_generations(params))
+
+
+def init_phase_parameters(method: Distiller, student: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``method``'s initialisation phase, each once.
+
+    What ``init_trains`` names; a plugin that overrides ``init_parameters``, the hook of the older contract, is
+    asked instead.
+    """
+    return list({id(p): p for p in method.init_parameters(student)}.values())
 
 
 METHODS: Registry[type[Distiller]] = Registry("method")

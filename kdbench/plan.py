@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.config import RunSpec, build_params, cohort_key, params_dict
-from kdbench.distiller import get_method
+from kdbench.distiller import generations_of, get_method
 from kdbench.errors import ConfigError
 from kdbench.models import check_model_name
 from kdbench.options import ExecOptions
@@ -168,7 +168,7 @@ def plan_cohorts(specs: Iterable[RunSpec], *, cohort: bool = True, max_size: int
     solo: list[list[RunSpec]] = []
     for spec in specs:
         cls = get_method(spec.method)
-        if not cohort or cls.num_generations(build_params(cls.Params, spec.method_params, spec.method)) > 1:
+        if not cohort or generations_of(cls, build_params(cls.Params, spec.method_params, spec.method)) > 1:
             solo.append([spec])
             continue
         data, teacher = cohort_key(spec)

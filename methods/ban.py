@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from kdbench.data import DatasetInfo
 from kdbench.distiller import Distiller, MethodParams, Step, register_method, tunable, valid
-from kdbench.features import ModelInfo
 from kdbench.losses import kd_loss
 
 
@@ -19,13 +16,14 @@ class BornAgain(Distiller):
     """Born-Again Neural Networks (Furlanello, Lipton, Tschannen, Itti, Anandkumar, ICML 2018).
 
     Paper: https://arxiv.org/abs/1805.04770
-    The engine trains the student ``generations`` times from scratch (fresh init, fresh optimiser, same data).
-    Generation 0 is the plain network trained with cross-entropy on the labels; generation k + 1 minimises
-    ``kd_weight * T² KL(softmax(z_k / T) || softmax(z_{k+1} / T)) + ce_weight * CE(z_{k+1}, y)`` against the frozen
-    generation k. Defaults follow the paper's BAN: the previous generation's output distribution alone at T = 1
-    (no label term; ``ce_weight=1`` gives its BAN+L variant). ``generations=2`` (one born-again generation) keeps a
-    run at twice the cost of a plain one; the paper trains up to three born-again generations. The record's
-    ``top1`` is the last generation's, ``generation_top1`` lists each one's.
+    The engine trains the student ``generations`` times from scratch (fresh init, fresh optimiser, same data;
+    ``teacher_source = "self"``), handing each step of generation k + 1 the outputs of the frozen generation k as
+    its teacher's. Generation 0 is the plain network trained with cross-entropy on the labels; generation k + 1
+    minimises ``kd_weight * T² KL(softmax(z_k / T) || softmax(z_{k+1} / T)) + ce_weight * CE(z_{k+1}, y)``.
+    Defaults follow the paper's BAN: the previous generation's output distribution alone at T = 1 (no label term;
+    ``ce_weight=1`` gives its BAN+L variant). ``generations=2`` (one born-again generation) keeps a run at twice
+    the cost of a plain one; the paper trains up to three born-again generations. The record's ``top1`` is the
+    last generation's, ``generation_top1`` lists each one's.
     """
 
     family = "self"
@@ -48,33 +46,13 @@ class BornAgain(Distiller):
         kd_weight: float = field(default=1.0, metadata=valid(ge=0))
         ce_weight: float = field(default=0.0, metadata=valid(ge=0))
 
-    def __init__(self, params: Params, student: ModelInfo, teacher: ModelInfo | None, data: DatasetInfo) -> None:
-        super().__init__(params, student, teacher, data)
-        self._previous: tuple[nn.Module, ...] = ()  # a tuple, so that it is not a submodule of the method
-
-    @classmethod
-    def num_generations(cls, params: Params) -> int:
-        """``params.generations``."""
-        return params.generations
-
-    def start_generation(self, generation: int, previous: nn.Module | None) -> None:
-        """Keep the frozen previous generation as this generation's teacher."""
-        self._previous = (previous,) if previous is not None else ()
-
-    @property
-    def previous(self) -> nn.Module | None:
-        """The previous generation (frozen, eval mode), or ``None`` in generation 0."""
-        return self._previous[0] if self._previous else None
-
     def losses(self, step: Step) -> dict[str, Tensor]:
         """CE in generation 0; then distillation from the previous generation (plus CE when weighted)."""
         p = self.params
         ce = F.cross_entropy(step.student_logits, step.labels)
-        if self.previous is None:
+        if step.teacher_logits is None:  # generation 0
             return {"loss_ce": ce}
-        with torch.inference_mode():
-            previous_logits = self.previous(step.images)
-        terms = {"loss_kd": p.kd_weight * kd_loss(step.student_logits, previous_logits.clone(), p.temperature)}
+        terms = {"loss_kd": p.kd_weight * kd_loss(step.student_logits, step.teacher_logits, p.temperature)}
         if p.ce_weight:
             terms["loss_ce"] = p.ce_weight * ce
         return terms

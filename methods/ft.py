@@ -114,6 +114,7 @@ class FactorTransfer(Distiller):
         t = select_stage(teacher, params.depth, params.teacher_stage, what=f"{self.name}.teacher_stage")
         self.student_stages, self.teacher_stages = (s,), (t,)
         self.init_epochs, self.init_lr = params.init_epochs, params.init_lr
+        self.init_trains = "method"  # the paraphraser: the only modules its reconstruction loss reaches
         c_s, c_t = student.stages[s].channels, teacher.stages[t].channels
         c_f = max(1, int(c_t * params.rate))
         one_by_one = min(student.stages[s].height, teacher.stages[t].height) == 1 == min(
@@ -122,10 +123,6 @@ class FactorTransfer(Distiller):
         self.encoder = conv_stack([c_t, c_t, c_f, c_f])
         self.decoder = conv_stack([c_f, c_f, c_t, c_t], transpose=True)
         self.translator = conv_stack([c_s, c_s, c_f, c_f], batch_norm=True)
-
-    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
-        """Only the paraphraser trains in the initialisation phase."""
-        return [*self.encoder.parameters(), *self.decoder.parameters()]
 
     def param_groups(self) -> list[dict]:
         """Only the translator trains in the main phase (the paraphraser stays as the initialisation left it)."""

@@ -181,3 +181,18 @@ def test_keep_checkpoints_keeps_them_and_no_checkpoints_writes_none(tmp_path, re
     assert state["position"] == {"generation": 0, "phase": "train", "epoch": 2, "step": 0}
     execute(specs, options(tmp_path / "none", teachers, checkpoint_every=0))
     assert not Store(tmp_path / "none").checkpoints_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_later_generation_interrupted_mid_epoch_resumes_to_the_same_record(tmp_path, monkeypatch):
+    """ban's generation 1, distilled from generation 0 (restored from the checkpoint), resumes bit for bit."""
+    ban = {"ban": {}}
+    expected = {r["run_id"]: computed(r) for r in execute(specs_for(ban), options(tmp_path / "ref", tmp_path / "t"))}
+    interrupt_at(monkeypatch, Member, "train_step", 2 * 21 + 21 + 5)  # generation 1, epoch 1, step 6
+    with pytest.raises(Interrupt):
+        execute(specs_for(ban), options(tmp_path / "results", tmp_path / "t", checkpoint_minutes=1e-9))
+    (left,) = checkpoints_of(tmp_path)
+    assert torch.load(left, weights_only=True)["position"]["generation"] == 1
+    monkeypatch.undo()
+    records = execute(specs_for(ban), options(tmp_path / "results", tmp_path / "t", checkpoint_minutes=1e-9))
+    assert {r["run_id"]: computed(r) for r in records} == expected

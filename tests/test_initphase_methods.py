@@ -11,7 +11,7 @@ import torch
 
 from kdbench.cli import main
 from kdbench.config import build_params
-from kdbench.distiller import construct_method, get_method
+from kdbench.distiller import construct_method, get_method, init_phase_parameters
 from kdbench.errors import ConfigError
 from kdbench.features import ModelInfo, StageShape
 from tests.golden.cases import CONTEXT, DATA, STUDENT, TEACHER, build, step_for
@@ -51,7 +51,7 @@ def test_init_losses_give_gradient_to_exactly_what_the_init_phase_trains(name):
     total = sum(terms.values())
     assert total.ndim == 0 and torch.isfinite(total) and total > 0
     total.backward()
-    trained = {id(p) for p in method.init_parameters(torch.nn.Linear(2, 2))}
+    trained = {id(p) for p in init_phase_parameters(method, torch.nn.Linear(2, 2))}
     with_grad = {id(p) for p in method.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad and with_grad <= trained  # its adapters learn, and nothing the init phase leaves alone
     reaches_student = any(t.grad is not None and t.grad.abs().sum() > 0 for t in step.student_features.values())
@@ -62,7 +62,13 @@ def test_ft_init_trains_only_the_paraphraser_and_main_phase_only_the_translator(
     method = build("ft")
     student = torch.nn.Linear(2, 2)
     paraphraser = {id(p) for m in (method.encoder, method.decoder) for p in m.parameters()}
-    assert {id(p) for p in method.init_parameters(student)} == paraphraser
+    assert method.init_trains == "method"  # the student is not in the initialisation phase's optimiser
+    held = {id(p) for p in init_phase_parameters(method, student)}
+    assert paraphraser <= held and not held & {id(p) for p in student.parameters()}
+    step = init_step(method)
+    sum(method.init_losses(step).values()).backward()  # and of the method's modules, only the paraphraser learns
+    assert {id(p) for p in method.parameters() if p.grad is not None} == paraphraser
+    method.zero_grad(set_to_none=True)
     (group,) = method.param_groups()
     assert {id(p) for p in group["params"]} == {id(p) for p in method.translator.parameters()}
     step = step_for(method)
@@ -74,7 +80,7 @@ def test_ft_init_trains_only_the_paraphraser_and_main_phase_only_the_translator(
 def test_ft_paraphraser_learns_to_reconstruct_the_teacher_map():
     method = with_params("ft", teacher_stage=1)  # a narrow stage keeps it fast
     step = init_step(method)
-    optimiser = torch.optim.Adam(method.init_parameters(torch.nn.Linear(2, 2)), lr=1e-2)
+    optimiser = torch.optim.Adam(init_phase_parameters(method, torch.nn.Linear(2, 2)), lr=1e-2)
     first = method.init_losses(step)["loss_rec"].item()
     for _ in range(60):
         optimiser.zero_grad()

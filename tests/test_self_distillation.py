@@ -13,10 +13,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import kdbench.training as training
 from kdbench.data import DataConfig, load_dataset
-from kdbench.distiller import Step, TeacherParts, get_method
+from kdbench.distiller import Step, TeacherParts, generations_of, get_method
 from kdbench.errors import ModelError
 from kdbench.features import ModelInfo, StageShape, describe_model, forward_with_features
 from kdbench.models import create_model
@@ -25,7 +26,7 @@ from kdbench.plan import expand, make_spec, plan_cohorts
 from kdbench.results import load
 from kdbench.scheduler import execute
 from kdbench.training.evaluation import predict_deployed
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
 from tests.golden.cases import DATA, STUDENT, build, golden_path, step_for
 from tests.golden.cases import previous_generation as golden_previous_generation
 
@@ -241,8 +242,8 @@ def test_byot_exits_are_evaluated_in_eval_mode_and_name_every_exit():
 
 def test_ban_declares_a_self_made_teacher_and_its_generations():
     assert not BornAgain.needs_teacher and BornAgain.teacher_source == "self"
-    assert BornAgain.num_generations(BornAgain.Params()) == 2
-    assert BornAgain.num_generations(BornAgain.Params(generations=4)) == 4
+    assert generations_of(BornAgain, BornAgain.Params()) == 2
+    assert generations_of(BornAgain, BornAgain.Params(generations=4)) == 4
     spec = make_spec(dataset="digits", student=TINY_STUDENT, method="ban", teacher=TINY_TEACHER, **BUDGET)
     assert spec.teacher is None and spec.teacher_source == "self"
     ce = make_spec(dataset="digits", student=TINY_STUDENT, method="ce", teacher=None, **BUDGET)
@@ -259,8 +260,8 @@ def previous_generation() -> torch.nn.Module:
 
 def test_ban_generation_zero_is_plain_cross_entropy():
     method = BornAgain(BornAgain.Params(), STUDENT, None, DATA)
-    method.start_generation(0, None)
     step = step_for(method)
+    assert step.teacher_logits is None  # generation 0 has no teacher
     terms = method.losses(step)
     assert list(terms) == ["loss_ce"]
     assert terms["loss_ce"].item() == pytest.approx(cross_entropy(numpy(step.student_logits), step.labels.numpy()),
@@ -271,11 +272,11 @@ def test_ban_generation_zero_is_plain_cross_entropy():
 def test_ban_distills_from_the_previous_generation(t, ce_weight):
     previous = previous_generation()
     method = BornAgain(BornAgain.Params(temperature=t, ce_weight=ce_weight), STUDENT, None, DATA)
-    method.start_generation(1, previous)
     step = step_for(method)
     step.student_logits.requires_grad_(True)
-    with torch.no_grad():
-        z_prev = numpy(previous(step.images))
+    with torch.no_grad():  # the harness hands a later generation the previous one's outputs as its teacher's
+        step.teacher_logits = previous(step.images)
+        z_prev = numpy(step.teacher_logits)
     z, y = numpy(step.student_logits), step.labels.numpy()
     terms = method.losses(step)
     expected = t * t * kl(np.exp(log_softmax(z_prev / t)), log_softmax(z / t))
@@ -286,16 +287,6 @@ def test_ban_distills_from_the_previous_generation(t, ce_weight):
     sum(terms.values()).backward()
     assert step.student_logits.grad.abs().sum() > 0
     assert all(p.grad is None for p in previous.parameters())
-
-
-def test_ban_holds_the_previous_generation_outside_its_modules():
-    previous = previous_generation()
-    method = BornAgain(BornAgain.Params(), STUDENT, None, DATA)
-    method.start_generation(1, previous)
-    assert method.previous is previous
-    assert list(method.parameters()) == [] and list(method.children()) == [] and method.state_dict() == {}
-    method.train()
-    assert not previous.training  # train() of the method does not reach it
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,10 +322,20 @@ def test_golden_values_agree_with_the_numpy_references():
 
 @pytest.fixture(scope="module")
 def teacher_free_run(tmp_path_factory):
-    """byot, tfkd and ban (two generations), trained once for the tests below; every teacher use raises."""
+    """byot, tfkd and ban (two generations), trained once for the tests below.
+
+    No teacher is prepared and the only model the teacher pass may run is a previous generation of ban.
+    """
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("a teacher was used")
+
+    real_teacher_forward = training.forward.teacher_forward
+
+    def previous_generation_only(model, *args, **kwargs):
+        if not any(model is g["trained"] for g in generations):
+            raise AssertionError("a teacher was used")
+        return real_teacher_forward(model, *args, **kwargs)
 
     created: dict[int, dict[str, torch.Tensor]] = {}
     generations: list[dict] = []
@@ -352,14 +353,14 @@ def teacher_free_run(tmp_path_factory):
         real_next(member)
         generations.append({"trained": trained, "trained_init": created[id(trained)], "next": member.student,
                             "next_init": created[id(member.student)], "previous_calls": calls,
-                            "previous_in_method": member.method.previous})
+                            "previous_in_member": member.previous_student})
 
     results = tmp_path_factory.mktemp("self_distillation") / "results"
     specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={"byot": {}, "tfkd": {}, "ban": {}},
                    seeds=[0], **BUDGET)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("kdbench.engine.prepare_teacher", no_teacher)
-        mp.setattr(training.forward, "teacher_forward", no_teacher)
+        mp.setattr(training.forward, "teacher_forward", previous_generation_only)
         mp.setattr(training.member, "create_model", recording_create)
         mp.setattr(training.Member, "next_generation", recording_next)
         records = execute(specs, ExecOptions(results=results, device="cpu", progress=False, measure=False,
@@ -416,7 +417,7 @@ def test_ban_record_keeps_each_generation(teacher_free_run):
 @pytest.mark.slow
 def test_ban_generations_are_different_students(teacher_free_run):
     (gen,) = teacher_free_run["generations"]
-    assert gen["previous_in_method"] is gen["trained"] and gen["next"] is not gen["trained"]
+    assert gen["previous_in_member"] is gen["trained"] and gen["next"] is not gen["trained"]
     assert not gen["trained"].training and not any(p.requires_grad for p in gen["trained"].parameters())
     weights = [k for k, v in gen["trained_init"].items() if v.is_floating_point() and v.dim() > 1]
     assert any(not torch.equal(gen["trained_init"][k], gen["next_init"][k]) for k in weights)  # fresh init
@@ -444,3 +445,42 @@ def test_self_distillation_sits_next_to_teacher_based_runs(tmp_path, monkeypatch
     rows = {row["method"]: row for _, row in board.iterrows()}
     assert rows["kd"]["teacher"] == rows["tfkd"]["teacher"] == TINY_TEACHER  # same pair, same table
     assert rows["kd"]["uses_teacher"] and not rows["tfkd"]["uses_teacher"]
+
+
+@pytest.mark.slow
+def test_a_generations_plugin_of_the_older_contract_trains_as_ban_does(tmp_path, method_sandbox, one_torch_thread):
+    """``num_generations`` / ``start_generation`` (the hooks before ``teacher_source = "self"``) still work, and a
+    plugin that runs the previous generation itself gets ban's record, bit for bit."""
+    from kdbench.distiller import register_method
+    from kdbench.losses import kd_loss
+
+    @register_method("old_ban")
+    class OldBornAgain(BornAgain):
+        """BAN written to the older contract (test): it counts its generations and runs the previous one itself."""
+
+        teacher_source = None
+
+        @classmethod
+        def num_generations(cls, params):
+            return params.generations
+
+        def start_generation(self, generation, previous):
+            self._previous = (previous,) if previous is not None else ()
+
+        def losses(self, step):
+            if not getattr(self, "_previous", ()):
+                return {"loss_ce": F.cross_entropy(step.student_logits, step.labels)}
+            with torch.inference_mode():
+                previous_logits = self._previous[0](step.images)
+            return {"loss_kd": kd_loss(step.student_logits, previous_logits.clone(), self.params.temperature)}
+
+    assert generations_of(OldBornAgain, OldBornAgain.Params(generations=3)) == 3
+    specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={"ban": {}, "old_ban": {}},
+                   seeds=[0], **BUDGET)
+    records = {r["method"]: r for r in execute(specs, ExecOptions(results=tmp_path / "results", device="cpu",
+                                                                   progress=False, measure=False,
+                                                                   log=lambda line: None))}
+    new, old = records["ban"], records["old_ban"]
+    assert new["status"] == old["status"] == "ok", (new["error"], old["error"])
+    assert old["generation_top1"] == new["generation_top1"] and old["top1"] == new["top1"]
+    assert strip_timing(old)["history"] == strip_timing(new)["history"]

@@ -32,7 +32,8 @@ from kdbench.store import Store, atomic_write_bytes
 from kdbench.training.member import EpochStats, Member
 
 #: bump when what a checkpoint holds changes: older checkpoints are then set aside and their runs restart
-CHECKPOINT_FORMAT = 1
+#: (2: the initialisation phase's optimiser holds every parameter ``init_trains`` names)
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass(frozen=True, order=True)

@@ -56,12 +56,14 @@ def train_members(members: Sequence[Member], splits: Splits, teacher: nn.Module 
             if generation > resume.position.generation:  # a restored member stands in its generation already
                 members[0].next_generation()
             here = resume if generation == resume.position.generation else Resume(Position(generation))
+            # a later generation of a method that teaches itself is distilled from the one before
+            taught_by = teacher if teacher is not None else members[0].previous_student
             if here.position.phase == "init":
-                _init_phase([m for m in members if m.active and m.method.init_epochs > 0], splits, teacher,
+                _init_phase([m for m in members if m.active and m.method.init_epochs > 0], splits, taught_by,
                             eval_batch_size, iterations, progress, checkpoints, here, cohort=members)
                 here = Resume(Position(generation, "train"))
-            _train_epochs([m for m in members if m.active], splits, teacher, first.seed, first.epochs, iterations,
-                          eval_batch_size, progress, phase="train", checkpoints=checkpoints, resume=here)
+            _train_epochs([m for m in members if m.active], splits, taught_by, first.seed, first.epochs,
+                          iterations, eval_batch_size, progress, phase="train", checkpoints=checkpoints, resume=here)
             if generations > 1 and members[0].active:
                 pred = predict(members[0].student, splits, first.eval_split, eval_batch_size, amp=first.amp,
                                channels_last=first.channels_last)
@@ -78,7 +80,7 @@ def _init_phase(members: Sequence[Member], splits: Splits, teacher: nn.Module | 
 
     The stream is seeded by the run seed alone, which the members of a cohort share, so every member draws the
     same batches as it would alone, and one teacher pass per batch serves them all. Each member trains its own
-    ``init_epochs`` with its own optimiser over its ``init_parameters``, and drops out when they are done; its
+    ``init_epochs`` with its own optimiser over what its ``init_trains`` names, and drops out when they are done; its
     record is the one it would have trained alone.
     """
     optimizers = checkpoints.init_optimizers if checkpoints is not None else {}  # restored ones are there
@@ -175,7 +177,7 @@ def _train_epochs(members: Sequence[Member], splits: Splits, teacher: nn.Module 
                      for name in wanted}
             tock = clock.mark()
             clock.charge(tick, tock, [(m, "shared_time_s", 1 / len(active)) for m in active])
-            users = [m for m in active if m.uses_teacher]
+            users = [m for m in active if m.takes_teacher]
             out = None
             if teacher is not None and users:
                 tick = tock

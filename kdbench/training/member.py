@@ -15,7 +15,17 @@ from kdbench import distributed
 from kdbench.config import RunSpec, build_params, method_label
 from kdbench.data import DatasetInfo, Splits
 from kdbench.data.base import train_batch_count
-from kdbench.distiller import Distiller, RunContext, Step, TeacherParts, View, construct_method, get_method
+from kdbench.distiller import (
+    Distiller,
+    RunContext,
+    Step,
+    TeacherParts,
+    View,
+    construct_method,
+    generations_of,
+    get_method,
+    init_phase_parameters,
+)
 from kdbench.features import ModelInfo, classifier_of, describe_model, forward_outputs
 from kdbench.models import count_params_m, create_model
 from kdbench.training.evaluation import autocast, predict, top1
@@ -116,7 +126,7 @@ class Member:
     @property
     def generations(self) -> int:
         """How many times this member's student is trained from scratch."""
-        return self.method_cls.num_generations(self.params)
+        return generations_of(self.method_cls, self.params)
 
     def _build(self, previous: nn.Module | None) -> None:
         """Create (or re-create, for a new generation) the student, the method and the optimiser."""
@@ -166,6 +176,11 @@ class Member:
             self._build(previous=previous)
 
     @property
+    def takes_teacher(self) -> bool:
+        """Whether its steps get teacher outputs: a method with a teacher, or a later generation of its own."""
+        return self.uses_teacher or self.previous_student is not None
+
+    @property
     def active(self) -> bool:
         """Still training (not failed)."""
         return self.status == "running"
@@ -185,7 +200,7 @@ class Member:
         """Run the student (on every view the method asked for) and assemble the method's :class:`Step`."""
         method = self.method
         outputs = teacher if isinstance(teacher, dict) else ({MAIN_VIEW: teacher} if teacher is not None else {})
-        if not self.uses_teacher:
+        if not self.takes_teacher:
             outputs = {}
         stages, embedding = method.teacher_stages, method.embeddings
         final_map = getattr(method, "final_maps", False)
@@ -234,7 +249,7 @@ class Member:
             iterations: steps per epoch.
             views: extra view name -> images, for the views the method asked for.
             phase: ``"train"``, or ``"init"`` for the initialisation phase (constant learning rate, the method's
-                ``init_losses``, the optimiser over its ``init_parameters``).
+                ``init_losses``, the optimiser over what its ``init_trains`` names).
             optimizer: the initialisation phase's optimiser.
             weight: the factor of the loss's gradient (under torchrun, :func:`kdbench.distributed.share_weight`).
         """
@@ -276,12 +291,11 @@ class Member:
         stats.steps += 1
 
     def init_optimizer(self) -> torch.optim.Optimizer:
-        """The initialisation phase's optimiser over the method's ``init_parameters`` (the run's optimiser kind)."""
-        params = list(self.method.init_parameters(self.student))
+        """The initialisation phase's optimiser (the run's kind) over what the method's ``init_trains`` names."""
+        params = init_phase_parameters(self.method, self.student)
         student_ids = {id(p) for p in self.student.parameters()}
         self._init_trains_student = any(id(p) in student_ids for p in params)
-        unique = list({id(p): p for p in params}.values())
-        return make_optimizer(self.spec, [{"params": unique}])
+        return make_optimizer(self.spec, [{"params": params}])
 
     _init_trains_student = True
 

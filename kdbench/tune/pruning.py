@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdbench.config import RunSpec, build_params
-from kdbench.distiller import get_method
+from kdbench.distiller import generations_of, get_method
 from kdbench.tune.journal import open_study
 from kdbench.tune.spec import TuneSettings
 
@@ -99,7 +99,7 @@ class PruningHook:
         if ref is None or not ref.settings.prune:
             return None
         cls = get_method(spec.method)
-        steps = spec.epochs * cls.num_generations(build_params(cls.Params, spec.method_params, spec.method))
+        steps = spec.epochs * generations_of(cls, build_params(cls.Params, spec.method_params, spec.method))
         return _TrialReporter(self, ref, steps)
 
     def study(self, ref: TrialRef) -> optuna.Study:

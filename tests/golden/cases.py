@@ -15,7 +15,16 @@ import torch
 from torch import nn
 
 from kdbench.data import DatasetInfo
-from kdbench.distiller import Distiller, RunContext, Step, TeacherBatch, View, construct_method, get_method
+from kdbench.distiller import (
+    Distiller,
+    RunContext,
+    Step,
+    TeacherBatch,
+    View,
+    construct_method,
+    generations_of,
+    get_method,
+)
 from kdbench.features import ModelInfo, StageShape
 
 GOLDEN_DIR = Path(__file__).parent
@@ -120,9 +129,11 @@ def compute(name: str) -> dict[str, float]:
     (keyed ``generation_1.<term>``), distilled from :func:`previous_generation`."""
     method = build(name)
     values = {k: float(v.detach()) for k, v in method.losses(step_for(method)).items()}
-    if type(method).num_generations(method.params) > 1:
-        method.start_generation(1, previous_generation())
-        values.update({f"generation_1.{k}": float(v.detach()) for k, v in method.losses(step_for(method)).items()})
+    if generations_of(type(method), method.params) > 1:  # generation 1: the previous generation is the teacher
+        step = step_for(method)
+        with torch.inference_mode():
+            step.teacher_logits = previous_generation()(step.images).clone()
+        values.update({f"generation_1.{k}": float(v.detach()) for k, v in method.losses(step).items()})
     return values
 
 
