@@ -356,3 +356,16 @@ def test_simkd_in_a_cohort_and_resumed_from_a_checkpoint_writes_its_solo_record(
     assert len(list(Store(tmp_path / "resumed").checkpoints_dir.glob("*.pt"))) == 3  # epoch 1, best state included
     monkeypatch.undo()
     assert run("resumed") == alone
+
+
+def test_a_deployed_network_of_its_own_is_measured_under_its_own_efficiency_key():
+    from kdbench.measure import efficiency_key, network_signature
+
+    run = member("simkd")
+    network = run.deployed()
+    plain = efficiency_key(TINY_STUDENT, (1, 32, 32), 10)
+    assert "network" not in plain  # a bare student keeps the key it always had (cached figures stay valid)
+    own = efficiency_key(TINY_STUDENT, (1, 32, 32), 10, network=network_signature(network))
+    assert own != plain and own["network"] == network_signature(run.deployed())  # the same structure, the same key
+    wider = member("simkd", factor=1).deployed()
+    assert network_signature(wider) != network_signature(network)
