@@ -65,7 +65,7 @@ class SimKDHead(nn.Module):
 
 @register_method("simkd")
 class SimKD(Distiller):
-    """Knowledge Distillation with the Reused Teacher Classifier (Chen, Mei, Zhang, Wang, Wang, Feng; CVPR 2022).
+    """Knowledge Distillation with the Reused Teacher Classifier (Chen, Mei, Zhang, Wang, Feng, Chen; CVPR 2022).
 
     Paper: https://arxiv.org/abs/2203.14001 (code: DefangChen/SimKD, ``models/util.py:SimKD``)
     A projector (:func:`simkd_projector`) maps the student's final map to the teacher's channels, trained only by

@@ -5,6 +5,7 @@ Also the process-wide cache behind :func:`load_dataset` and the small checks eve
 
 from __future__ import annotations
 
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -300,6 +301,21 @@ def check_split(split: str) -> None:
     """Raise a :class:`ConfigError` unless ``split`` is one of :data:`SPLIT_NAMES`."""
     if split not in SPLIT_NAMES:
         raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLIT_NAMES)}")
+
+
+def check_normalisation(options: Mapping[str, Any]) -> None:
+    """Check the ``mean`` and ``std`` dataset options: ``None`` or three finite numbers each, ``std`` positive.
+
+    Raises:
+        ConfigError: the first option that is neither.
+    """
+    for key in ("mean", "std"):
+        value = options.get(key)
+        if value is not None and not (isinstance(value, list | tuple) and len(value) == 3 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+            raise ConfigError(f"dataset option {key!r} must be a list of three numbers, got {value!r}")
+        if key == "std" and value is not None and min(value) <= 0:
+            raise ConfigError(f"dataset option 'std' must be positive, got {value!r}")
 
 
 def check_batch_size(batch_size: int) -> None:

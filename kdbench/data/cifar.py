@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import pickle
 from collections.abc import Mapping
 from functools import lru_cache
@@ -11,9 +10,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from kdbench.data.base import DataConfig, cleared_with_datasets, data_root, first_line, register_dataset
+from kdbench.data.base import (
+    DataConfig,
+    check_normalisation,
+    cleared_with_datasets,
+    data_root,
+    first_line,
+    register_dataset,
+)
 from kdbench.data.tensors import Arrays, ImageFormat, TensorSource
-from kdbench.errors import ConfigError, DataError
+from kdbench.errors import DataError
 
 
 @cleared_with_datasets
@@ -62,13 +68,7 @@ class _CifarSource(TensorSource):
     def options(self, config: DataConfig) -> dict[str, Any]:
         """See :meth:`DatasetSource.options`; ``mean`` and ``std`` are three finite numbers (``std`` positive)."""
         merged = super().options(config)
-        for key in ("mean", "std"):
-            value = merged[key]
-            if value is not None and not (isinstance(value, list | tuple) and len(value) == 3 and all(
-                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-                raise ConfigError(f"dataset option {key!r} must be a list of three numbers, got {value!r}")
-            if key == "std" and value is not None and min(value) <= 0:
-                raise ConfigError(f"dataset option 'std' must be positive, got {value!r}")
+        check_normalisation(merged)
         return merged
 
     def image_format(self, config: DataConfig) -> ImageFormat:

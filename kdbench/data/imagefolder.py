@@ -27,6 +27,7 @@ from kdbench.data.base import (
     LabelledSplits,
     Splits,
     check_batch_size,
+    check_normalisation,
     check_split,
     cleared_with_datasets,
     data_root,
@@ -545,13 +546,7 @@ class ImageFolderSource(DatasetSource):
         fraction = merged["crop_fraction"]
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
             raise ConfigError(f"dataset option 'crop_fraction' must be a number in (0, 1], got {fraction!r}")
-        for key in ("mean", "std"):
-            value = merged[key]
-            if value is not None and not (isinstance(value, list | tuple) and len(value) == 3 and all(
-                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-                raise ConfigError(f"dataset option {key!r} must be a list of three numbers, got {value!r}")
-            if key == "std" and value is not None and min(value) <= 0:
-                raise ConfigError(f"dataset option 'std' must be positive, got {value!r}")
+        check_normalisation(merged)
         return merged
 
     def preprocessing(self, config: DataConfig) -> Preprocessing:
