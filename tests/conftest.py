@@ -14,6 +14,16 @@ TINY_TEACHER = "test_resnet"
 TINY_STUDENT = "test_efficientnet"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``) each worker computes on one thread, and so do the processes it starts: workers of
+    several threads each would oversubscribe the cores and slow each other far more than they gain."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``gpu`` skip themselves where no CUDA device is present: the one place that decides it."""
     gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
