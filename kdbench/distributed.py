@@ -35,6 +35,7 @@ error instead of hanging; torchrun then stops them all.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
@@ -131,8 +132,20 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
     if not dist.is_initialized():
         timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "1800")))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        atexit.register(_leave)
     _WORLD = world
     return world, device
+
+
+def _leave() -> None:
+    """Leave the process group at exit, before the interpreter tears down.
+
+    A group left to the interpreter's teardown could abort a process whose work was done (gloo's threads destroyed
+    while still joinable: "terminate called without an active exception", exit code 1 for a finished sweep).
+    """
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def world() -> World:
