@@ -269,6 +269,8 @@ def test_simkd_runs_and_its_export_reproduces_the_record_with_timm_and_torch_alo
     (path,) = (results / "runs").glob("*.json")
     rec = json.loads(path.read_text())
     assert rec["status"] == "ok" and rec["best_val_epoch"] is not None and "loss_simkd" in rec["history"][0]
+    assert all(h["train_top1"] is None for h in rec["history"])  # the student's own classifier is not deployed
+    assert all(h["val_top1"] is not None for h in rec["history"])  # the deployed network is
     size = rec["image_size"]
     fresh = create_model(student, num_classes=10, in_chans=1, image_size=size)
     teacher_channels = create_model(TINY_TEACHER, num_classes=10, in_chans=1, image_size=size).num_features

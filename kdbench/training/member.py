@@ -338,7 +338,11 @@ class Member:
         if self.generations > 1:
             entry["generation"] = self.generation
         entry.update({k: v / steps for k, v in sorted(sums.items())})
-        entry["train_top1"] = float(stats.correct) / max(1, stats.seen) * 100 if stats.correct is not None else None
+        # the student's own predictions on the training batches: a method that deploys a network of its own (SimKD's
+        # reused teacher classifier) does not deploy them, so none is recorded
+        own = type(self.method).deployed_student is Distiller.deployed_student
+        entry["train_top1"] = (float(stats.correct) / max(1, stats.seen) * 100
+                               if stats.correct is not None and own else None)
         val_top1 = None
         if not init and splits.info.sizes.get("val", 0):
             network = self.deployed()
