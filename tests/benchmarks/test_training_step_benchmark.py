@@ -50,8 +50,10 @@ CLASSIFIER_STUDENT = "resnet10t"
 def member_for(method: str) -> tuple[str, object, Member]:
     """The student, spec and member of ``method``: on the fixed student, or on one with a plain classifier."""
     for student in (STUDENT_OF.get(method, STUDENT), CLASSIFIER_STUDENT):
+        # a small learning rate: the benchmark repeats the step on one batch, which a larger one would drive to a
+        # non-finite loss for some methods (what a step costs does not depend on it)
         spec = make_spec(dataset="mnist5k", student=student, method=method, teacher=TEACHER, epochs=1,
-                         batch_size=BATCH)
+                         batch_size=BATCH, lr=1e-4)
         try:
             return student, spec, Member(spec, INFO, teacher()[1], torch.device("cpu"), train_labels=TRAIN_LABELS,
                                          teacher_model=teacher()[0])
