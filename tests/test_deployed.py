@@ -34,7 +34,7 @@ from kdbench.store import Store
 from kdbench.training import Member
 from kdbench.training.evaluation import predict, predict_deployed
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
-from tests.test_reference_parity_v2 import check, linear, method, simkd_projected, x
+from tests.reference.part2 import check, linear, method, simkd_projected, step, x
 
 DIGITS_32 = describe_dataset(DataConfig(name="digits", image_size=32))
 
@@ -76,8 +76,6 @@ def test_a_method_that_declares_nothing_deploys_its_student_itself():
 
 def test_simkd_gives_the_authors_values_through_its_class():
     """``simkd_f2_mse`` from ``losses(step)``, ``simkd_f2_logits`` from the deployed head (the authors' weights)."""
-    from tests.test_reference_parity_v2 import step
-
     simkd = method("simkd")
     for conv, name in zip(simkd.projector[0::3], ("simkd_w1", "simkd_w2", "simkd_w3"), strict=True):
         conv.weight.data.copy_(x(name))

@@ -28,7 +28,8 @@ from kdbench.models import create_model
 from kdbench.training import Member
 from kdbench.training.forward import teacher_outputs
 from kdbench.training.optim import backward_groups, check_gradient_groups
-from tests.reference import HERE, RTOL
+from tests.reference import RTOL
+from tests.reference.part2 import inputs, values
 
 DOT_KEYS = ("param_shared", "param_ce_only", "param_kd_only", "buf_shared_task", "buf_shared_kd", "buf_ce_only_task",
             "buf_kd_only_kd")
@@ -37,8 +38,7 @@ DOMAINS = [("cifar", 0.05, 5e-4, 0.075), ("imagenet", 0.2, 1e-4, 0.09)]  # mdist
 
 def reference() -> tuple[dict, dict]:
     """The fixed inputs of part 2 and its values (copied from the authors' runs, see README_v2.md there)."""
-    return (torch.load(HERE / "inputs_v2.pt", weights_only=True),
-            json.loads((HERE / "values_v2.json").read_text()))
+    return inputs(), values()
 
 
 def check_state(domain: str, optimizer: DistillationOrientedSGD, params: list[Tensor]) -> None:

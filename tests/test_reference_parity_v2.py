@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.distiller import Step, View, construct_method, get_method
-from kdbench.features import ModelInfo, StageShape
+from kdbench.distiller import View
 from kdbench.losses import kd_loss, standardize_logits
 from kdbench.methods.catkd import catkd_loss, class_activation_maps
 from kdbench.methods.crld import crld_terms
@@ -31,40 +30,12 @@ from kdbench.methods.kdpp import dkdpp_loss, kdpp_loss, nd_loss
 from kdbench.methods.mgd import mgd_distance
 from kdbench.methods.rld import rld_loss, rld_terms
 from kdbench.methods.sdd import region_logits, sdd_dkd_loss, sdd_kd_loss
-from kdbench.methods.simkd import reused_classifier_logits, simkd_loss, simkd_projector
+from kdbench.methods.simkd import reused_classifier_logits, simkd_loss
 from kdbench.methods.srd import srd_representation_loss
 from kdbench.methods.ttm import ttm_loss
 from kdbench.methods.wkd_f import wkd_feature_terms
 from kdbench.methods.wkd_l import cka_cost, classifier_cost, wkd_logit_loss
-from tests.golden.cases import CONTEXT, DATA
-from tests.reference import HERE, RTOL
-
-
-@functools.cache
-def inputs() -> dict[str, Any]:
-    """The fixed input tensors of part 2 (float32, CPU; part 1's tensors included unchanged)."""
-    return torch.load(HERE / "inputs_v2.pt", weights_only=True)
-
-
-@functools.cache
-def values() -> dict[str, Any]:
-    """Every part-2 key with its value, shape, source and notes."""
-    return json.loads((HERE / "values_v2.json").read_text())
-
-
-def x(name: str) -> Any:
-    """A fresh copy of an input tensor (or list of tensors)."""
-    value = inputs()[name]
-    return [t.clone() for t in value] if isinstance(value, list) else value.clone()
-
-
-def check(key: str, got: Tensor | float) -> None:
-    """``got`` matches the key's value: a scalar within RTOL, a tensor element by element."""
-    entry = values()[key]
-    expected = torch.tensor(entry["value"], dtype=torch.float64)
-    got = torch.as_tensor(got).detach().double()
-    assert list(got.shape) == list(entry["shape"]), key
-    torch.testing.assert_close(got, expected, rtol=RTOL, atol=RTOL * 1e-2 * float(expected.abs().max()), msg=key)
+from tests.reference.part2 import check, inputs, linear, method, simkd_projected, step, values, x
 
 
 def mean_hw(t: Tensor) -> Tensor:
@@ -150,13 +121,6 @@ def crld_pair(temperature: float) -> tuple[Tensor, Tensor]:
     return crld_terms(x("logits_s"), x("logits_t"), x("logits_s_aug"), x("logits_t_aug"), temperature, 0.9, 0.2)
 
 
-def simkd_projected() -> Tensor:
-    projector = simkd_projector(64, 128, factor=2)
-    for conv, name in zip(projector[0::3], ("simkd_w1", "simkd_w2", "simkd_w3"), strict=True):
-        conv.weight.data.copy_(x(name))
-    return projector(x("final_feat_s"))
-
-
 def cams() -> tuple[Tensor, Tensor]:
     return (class_activation_maps(x("final_feat_s"), x("fc_s_weight")),
             class_activation_maps(x("final_feat_t"), x("fc_t_weight")))
@@ -222,26 +186,6 @@ def test_dot_optimiser_state_after_two_steps(domain, lr, weight_decay, delta):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The registered methods' own code path
-
-STUDENT = ModelInfo("student", 10, 64, stages=(StageShape(32, 16, 16, 2), StageShape(64, 8, 8, 4)))
-TEACHER = ModelInfo("teacher", 10, 128, stages=(StageShape(64, 16, 16, 2), StageShape(128, 8, 8, 4)))
-
-
-def method(name: str, **overrides: Any):
-    cls = get_method(name)
-    torch.manual_seed(0)
-    return construct_method(cls, cls.Params(**overrides), STUDENT, TEACHER, DATA, CONTEXT)
-
-
-def step(m, *, net: bool = False, epoch: int = 0, **fields: Any) -> Step:
-    suffix = "_net" if net else ""
-    labels = x("target_net" if net else "target")
-    return Step(images=torch.zeros(8, 3, 32, 32), labels=labels, indices=torch.arange(8),
-                student_logits=x(f"logits_s{suffix}"), teacher_logits=x(f"logits_t{suffix}"),
-                student_features={1: x("final_feat_s")} if m.student_stages else {},
-                teacher_features={1: x("final_feat_t")} if m.teacher_stages else {},
-                epoch=epoch, epochs=240, **fields)
-
 
 def total(terms: dict[str, Tensor], *names: str) -> Tensor:
     return sum(terms[n] for n in names)
@@ -337,15 +281,6 @@ def test_method_losses_match_the_authors_code(key, name, overrides, terms, optio
     if name == "mgd":  # the authors' mask draw returns the stored uniform numbers, as in the oracle
         monkeypatch.setattr(torch, "rand", lambda *shape, **kw: x("mgd_rand"))
     check(key, total(m.losses(s), *terms))
-
-
-def linear(weight: Tensor, bias: Tensor) -> nn.Linear:
-    """A classifier holding the key's weight and bias."""
-    fc = nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        fc.weight.copy_(weight)
-        fc.bias.copy_(bias)
-    return fc
 
 
 def test_mgd_draws_its_mask_from_the_run_generator():

@@ -21,7 +21,7 @@ from kdbench.training import Member
 from kdbench.training.forward import teacher_pass_before_training
 from tests.conftest import TINY_TEACHER
 from tests.golden.cases import DATA
-from tests.test_reference_parity_v2 import STUDENT, TEACHER, check, linear, step, x
+from tests.reference.part2 import STUDENT, TEACHER, check, linear, step, x
 
 #: the key's class features (10 classes x 12 rows x 16 dims) as 3 samples a class of 16-channel 2x2 final maps
 SAMPLES_PER_CLASS = 3
