@@ -6,6 +6,9 @@ Test modules import from here, never from one another.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,10 @@ import pytest
 from PIL import Image
 
 from kdbench.cli import main
+from kdbench.options import ExecOptions
 from kdbench.results import runs_dir, write_record
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from kdbench.store import Store
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
 
 # ---------------------------------------------------------------------------------------------------------------
 # An image folder on disk (the imagefolder dataset)
@@ -206,3 +211,55 @@ def build_store(path: Path, *, with_gpu: bool = True) -> None:
         put(dataset="digits", student="test_student", seed=seed, top1=top1, epochs=3, batch_size=32, lr=0.1,
             schedule="cosine", milestones=None, val_fraction=0.0, image_size=8, params_m=PARAMS["test_student"],
             gmacs=GMACS["test_student"], device="cpu", device_name="Test CPU", history=_history(top1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs interrupted and resumed, records compared, torchrun launched
+
+#: what depends on where a run trained (the machine), not on what it computed
+MACHINE = {"hostname", "device_name", "python_version"}
+
+
+def computed(record: dict, *, measured: bool = False) -> dict:
+    """What a run computed: its record without timings and the machine (``measured``: nor the latency and
+    throughput figures, ``cpu_*`` / ``gpu_*``, of a run that measured them)."""
+    return {k: v for k, v in strip_timing(record).items()
+            if k not in MACHINE and not (measured and k.startswith(("cpu_", "gpu_")))}
+
+
+class Interrupt(BaseException):
+    """A stand-in for the process being killed: nothing catches it."""
+
+
+def interrupt_at(monkeypatch: pytest.MonkeyPatch, target: object, name: str, call: int) -> None:
+    """Raise :class:`Interrupt` at the ``call``-th call of ``target.name`` (counted from 1)."""
+    real = getattr(target, name)
+    calls = {"n": 0}
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Interrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, wrapper)
+
+
+def quiet_options(results: Path, teachers: Path, **kw: Any) -> ExecOptions:
+    """Execution options of a test: CPU, no progress bar, no efficiency measurement, notes kept to themselves."""
+    notes: list[str] = []
+    return ExecOptions(results=results, teacher_cache=teachers, device="cpu", progress=False, measure=False,
+                       log=notes.append, **kw)
+
+
+def checkpoints_in(results: Path) -> list[Path]:
+    """The checkpoints a store holds, sorted."""
+    return sorted(Store(results).checkpoints_dir.glob("*.pt"))
+
+
+def torchrun(args: list[str], timeout: float, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc-per-node N -m kdbench ARGS`` on one thread a process, finished."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDBENCH_DIST_TIMEOUT": "60"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m",
+               "kdbench", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)

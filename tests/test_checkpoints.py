@@ -20,13 +20,12 @@ from kdbench.plan import expand
 from kdbench.scheduler import execute
 from kdbench.store import Store
 from kdbench.training.member import Member
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
+from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.helpers import Interrupt, checkpoints_in, computed, interrupt_at, quiet_options
 
 #: a cohort with an initialisation phase (ab, fitnets' hints), a memory bank (crd), logits (kd) and no teacher (ce)
 METHODS = {"ce": {}, "kd": {}, "crd": {}, "ab": {"init_epochs": [2]}, "fitnets": {"hint_epochs": [1]}}
 BUDGET = dict(epochs=2, teacher_epochs=1, batch_size=64, lr=0.05)  # 21 steps an epoch
-#: what depends on timing or on where and in which cohort a run trained, not on what it computed
-MACHINE = {"hostname", "device_name", "python_version"}
 
 
 def specs_for(methods=METHODS, seeds=(0,)):
@@ -34,41 +33,13 @@ def specs_for(methods=METHODS, seeds=(0,)):
                   **BUDGET)
 
 
-def options(results: Path, teachers: Path, **kw) -> ExecOptions:
-    notes: list[str] = []
-    return ExecOptions(results=results, teacher_cache=teachers, device="cpu", progress=False, measure=False,
-                       log=notes.append, **kw)
-
-
-def computed(record: dict) -> dict:
-    return {k: v for k, v in strip_timing(record).items() if k not in MACHINE}
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """The cohort trained without interruption (its teacher cache is shared by the tests)."""
     root = tmp_path_factory.mktemp("reference")
-    records = execute(specs_for(), options(root / "results", root / "teachers"))
+    records = execute(specs_for(), quiet_options(root / "results", root / "teachers"))
     assert all(r["status"] == "ok" for r in records)
     return root / "teachers", {r["run_id"]: computed(r) for r in records}
-
-
-class Interrupt(BaseException):
-    """A stand-in for the process being killed: nothing catches it."""
-
-
-def interrupt_at(monkeypatch, target: object, name: str, call: int) -> None:
-    """Raise :class:`Interrupt` at the ``call``-th call of ``target.name`` (counted from 1)."""
-    real = getattr(target, name)
-    calls = {"n": 0}
-
-    def wrapper(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise Interrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(target, name, wrapper)
 
 
 def resume_and_compare(tmp_path: Path, reference, monkeypatch, undo: bool = True, **kw) -> list[str]:
@@ -77,15 +48,11 @@ def resume_and_compare(tmp_path: Path, reference, monkeypatch, undo: bool = True
     if undo:
         monkeypatch.undo()
     notes: list[str] = []
-    opts = options(tmp_path / "results", teachers, **kw)
+    opts = quiet_options(tmp_path / "results", teachers, **kw)
     records = execute(specs_for(), ExecOptions(**{**opts.__dict__, "log": notes.append}))
     assert {r["run_id"]: computed(r) for r in records} == expected
     assert not list(Store(tmp_path / "results").checkpoints_dir.glob("*.pt"))  # removed with the records
     return notes
-
-
-def checkpoints_of(tmp_path: Path) -> list[Path]:
-    return sorted(Store(tmp_path / "results").checkpoints_dir.glob("*.pt"))
 
 
 def interrupted(tmp_path: Path, reference, monkeypatch, step: int, **kw) -> list[Path]:
@@ -93,8 +60,8 @@ def interrupted(tmp_path: Path, reference, monkeypatch, step: int, **kw) -> list
     teachers, _ = reference
     interrupt_at(monkeypatch, Member, "train_step", step)
     with pytest.raises(Interrupt):
-        execute(specs_for(), options(tmp_path / "results", teachers, **kw))
-    return checkpoints_of(tmp_path)
+        execute(specs_for(), quiet_options(tmp_path / "results", teachers, **kw))
+    return checkpoints_in(tmp_path / "results")
 
 
 @pytest.mark.slow
@@ -111,12 +78,12 @@ def test_a_run_interrupted_during_validation_or_a_checkpoint_write_resumes_to_th
     teachers, _ = reference
     interrupt_at(monkeypatch, Member, "end_epoch", 7)  # the validation of a main-phase epoch
     with pytest.raises(Interrupt):
-        execute(specs_for(), options(tmp_path / "results", teachers))
-    assert checkpoints_of(tmp_path)
+        execute(specs_for(), quiet_options(tmp_path / "results", teachers))
+    assert checkpoints_in(tmp_path / "results")
     monkeypatch.undo()
     interrupt_at(monkeypatch, checkpoint_module, "atomic_write_bytes", 3)  # killed while writing a checkpoint
     with pytest.raises(Interrupt):
-        execute(specs_for(), options(tmp_path / "results", teachers))
+        execute(specs_for(), quiet_options(tmp_path / "results", teachers))
     assert not list(Store(tmp_path / "results").checkpoints_dir.glob(".*.tmp"))  # no half-written file
     resume_and_compare(tmp_path, reference, monkeypatch)
 
@@ -152,8 +119,8 @@ def test_a_cohort_whose_composition_changed_loses_no_finished_epoch(tmp_path, re
     first = {"kd": {}, "crd": {}}
     interrupt_at(monkeypatch, Member, "train_step", 60)  # in the second epoch of kd and crd
     with pytest.raises(Interrupt):
-        execute(specs_for(first), options(tmp_path / "results", teachers))
-    assert len(checkpoints_of(tmp_path)) == 2
+        execute(specs_for(first), quiet_options(tmp_path / "results", teachers))
+    assert len(checkpoints_in(tmp_path / "results")) == 2
     monkeypatch.undo()
     steps: dict[str, int] = {}
     real = Member.train_step
@@ -174,12 +141,12 @@ def test_a_cohort_whose_composition_changed_loses_no_finished_epoch(tmp_path, re
 def test_keep_checkpoints_keeps_them_and_no_checkpoints_writes_none(tmp_path, reference):
     teachers, _ = reference
     specs = specs_for({"kd": {}})
-    execute(specs, options(tmp_path / "kept", teachers, keep_checkpoints=True))
+    execute(specs, quiet_options(tmp_path / "kept", teachers, keep_checkpoints=True))
     (kept,) = Store(tmp_path / "kept").checkpoints_dir.glob("*.pt")
     assert kept.stem == specs[0].run_id
     state = torch.load(kept, weights_only=True)
     assert state["position"] == {"generation": 0, "phase": "train", "epoch": 2, "step": 0}
-    execute(specs, options(tmp_path / "none", teachers, checkpoint_every=0))
+    execute(specs, quiet_options(tmp_path / "none", teachers, checkpoint_every=0))
     assert not Store(tmp_path / "none").checkpoints_dir.exists()
 
 
@@ -187,12 +154,13 @@ def test_keep_checkpoints_keeps_them_and_no_checkpoints_writes_none(tmp_path, re
 def test_a_later_generation_interrupted_mid_epoch_resumes_to_the_same_record(tmp_path, monkeypatch):
     """ban's generation 1, distilled from generation 0 (restored from the checkpoint), resumes bit for bit."""
     ban = {"ban": {}}
-    expected = {r["run_id"]: computed(r) for r in execute(specs_for(ban), options(tmp_path / "ref", tmp_path / "t"))}
+    reference = execute(specs_for(ban), quiet_options(tmp_path / "ref", tmp_path / "t"))
+    expected = {r["run_id"]: computed(r) for r in reference}
     interrupt_at(monkeypatch, Member, "train_step", 2 * 21 + 21 + 5)  # generation 1, epoch 1, step 6
     with pytest.raises(Interrupt):
-        execute(specs_for(ban), options(tmp_path / "results", tmp_path / "t", checkpoint_minutes=1e-9))
-    (left,) = checkpoints_of(tmp_path)
+        execute(specs_for(ban), quiet_options(tmp_path / "results", tmp_path / "t", checkpoint_minutes=1e-9))
+    (left,) = checkpoints_in(tmp_path / "results")
     assert torch.load(left, weights_only=True)["position"]["generation"] == 1
     monkeypatch.undo()
-    records = execute(specs_for(ban), options(tmp_path / "results", tmp_path / "t", checkpoint_minutes=1e-9))
+    records = execute(specs_for(ban), quiet_options(tmp_path / "results", tmp_path / "t", checkpoint_minutes=1e-9))
     assert {r["run_id"]: computed(r) for r in records} == expected

@@ -20,19 +20,12 @@ from pathlib import Path
 import pytest
 
 from kdbench.store import Store
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, strip_timing
+from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.helpers import computed
 
 ARGS = ["run", "--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT, "--method", "kd",
         "--method", "ab", "--method", "crd", "--set", "ab.init_epochs=1", "--epochs", "2", "--teacher-epochs", "1",
         "--batch-size", "64", "--device", "cpu", "--no-progress", "--checkpoint-minutes", "0.0001"]
-MACHINE = {"hostname", "device_name", "python_version"}
-
-
-def computed(record: dict) -> dict:
-    """What a run computed: its record without timings, the machine, and the measured latency and throughput."""
-    return {k: v for k, v in strip_timing(record).items() if k not in MACHINE and not k.startswith(("cpu_", "gpu_"))}
-
-
 def kdbench(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "kdbench", *args], stdout=subprocess.PIPE,
@@ -52,7 +45,7 @@ def records(results: Path) -> dict[str, dict]:
     out = {}
     for path in Store(results).record_paths():
         record = json.loads(path.read_text())
-        out[record["run_id"]] = computed(record)
+        out[record["run_id"]] = computed(record, measured=True)
     return out
 
 
@@ -108,7 +101,7 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoints(tmp_
         return ExecOptions(results=results, teacher_cache=teachers, device="cpu", progress=False, measure=False,
                            log=lambda line: None)
 
-    expected = {r["run_id"]: computed(r) for r in execute(specs, options(tmp_path / "reference"))}
+    expected = {r["run_id"]: computed(r, measured=True) for r in execute(specs, options(tmp_path / "reference"))}
     results = tmp_path / "results"
     executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="local")
     executor.update_parameters(timeout_min=30)

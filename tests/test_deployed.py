@@ -334,7 +334,7 @@ def test_simkd_in_a_cohort_and_resumed_from_a_checkpoint_writes_its_solo_record(
     from kdbench.plan import expand
     from kdbench.scheduler import execute
     from tests.conftest import strip_timing
-    from tests.test_checkpoints import Interrupt, interrupt_at
+    from tests.helpers import Interrupt, interrupt_at
 
     specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], seeds=[0], epochs=2, teacher_epochs=1,
                    batch_size=64, lr=0.05, methods={"simkd": {}, "kd": {}, "byot": {}})

@@ -16,16 +16,10 @@ import torch
 from kdbench import distributed
 from kdbench.errors import ConfigError
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, as_rank
+from tests.helpers import torchrun
 
 RUN = ["run", "--dataset", "digits", "--teacher", TINY_TEACHER, "--student", TINY_STUDENT, "--epochs", "3",
        "--teacher-epochs", "2", "--batch-size", "64", "--device", "cpu", "--no-progress"]
-
-
-def torchrun(args: list[str], timeout: float, nproc: int = 2) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDBENCH_DIST_TIMEOUT": "60"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m",
-               "kdbench", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 def test_world_from_env_reads_torchrun_variables(monkeypatch):

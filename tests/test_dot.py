@@ -28,6 +28,7 @@ from kdbench.models import create_model
 from kdbench.training import Member
 from kdbench.training.forward import teacher_outputs
 from kdbench.training.optim import backward_groups, check_gradient_groups
+from tests.helpers import torchrun
 from tests.reference import RTOL
 from tests.reference.part2 import inputs, values
 
@@ -216,22 +217,22 @@ def test_a_resumed_dot_run_gives_the_uninterrupted_record(tmp_path, monkeypatch)
     from kdbench.plan import expand
     from kdbench.scheduler import execute
     from tests.conftest import TINY_STUDENT, TINY_TEACHER
-    from tests.test_checkpoints import Interrupt, checkpoints_of, computed, interrupt_at, options
+    from tests.helpers import Interrupt, checkpoints_in, computed, interrupt_at, quiet_options
 
     specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={"dot": {}, "kd": {}},
                    seeds=[0], epochs=2, teacher_epochs=1, batch_size=64, lr=0.05)
     teachers = tmp_path / "teachers"
-    expected = {r["run_id"]: computed(r) for r in execute(specs, options(tmp_path / "reference", teachers))}
+    expected = {r["run_id"]: computed(r) for r in execute(specs, quiet_options(tmp_path / "reference", teachers))}
     assert all(r["status"] == "ok" for r in expected.values())
     interrupt_at(monkeypatch, Member, "train_step", 60)  # two members: step 9 of epoch 2
     with pytest.raises(Interrupt):
-        execute(specs, options(tmp_path / "results", teachers, checkpoint_minutes=1e-9))
-    left = checkpoints_of(tmp_path)
+        execute(specs, quiet_options(tmp_path / "results", teachers, checkpoint_minutes=1e-9))
+    left = checkpoints_in(tmp_path / "results")
     assert len(left) == 2
     states = [torch.load(p, weights_only=True)["optimizer"]["state"] for p in left]
     assert sum(all("momentum_kd_buffer" in s for s in state.values()) for state in states) == 1  # dot's, not kd's
     monkeypatch.undo()
-    resumed = execute(specs, options(tmp_path / "results", teachers, checkpoint_minutes=1e-9))
+    resumed = execute(specs, quiet_options(tmp_path / "results", teachers, checkpoint_minutes=1e-9))
     assert {r["run_id"]: computed(r) for r in resumed} == expected
 
 
@@ -240,13 +241,11 @@ def test_dot_under_torchrun_trains_as_in_one_process(tmp_path: Path):
     """Two processes, shares of 31 and 32 images: each group's gradients averaged, the one-process run's record."""
     args = ["run", "--dataset", "digits", "--teacher", "test_resnet", "--student", "test_efficientnet", "--epochs",
             "2", "--teacher-epochs", "1", "--batch-size", "63", "--device", "cpu", "--no-progress", "--method", "dot"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDBENCH_DIST_TIMEOUT": "60"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "kdbench", *args, "--results", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=900, env=env, check=False)
+    two = torchrun([*args, "--results", str(tmp_path / "two")], timeout=900)
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "kdbench", *args, "--results", str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=900, env=env, check=False)
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         check=False)
     assert one.returncode == 0, one.stderr[-3000:]
     (a,), (b,) = ([json.loads(p.read_text()) for p in (tmp_path / d / "runs").glob("*.json")] for d in ("two", "one"))
     assert a["status"] == b["status"] == "ok" and (a["world_size"], b["world_size"]) == (2, 1)

@@ -174,8 +174,8 @@ def test_a_resumed_run_reads_the_cost_matrix_from_its_checkpoint(tmp_path, monke
     from kdbench.plan import expand
     from kdbench.scheduler import execute
     from kdbench.store import Store
-    from tests.conftest import TINY_STUDENT, strip_timing
-    from tests.test_checkpoints import MACHINE, Interrupt, interrupt_at
+    from tests.conftest import TINY_STUDENT
+    from tests.helpers import Interrupt, computed, interrupt_at
 
     specs = expand(dataset="digits", pairs=[(TINY_TEACHER, TINY_STUDENT)], methods={"wkd_l": {}}, seeds=[0],
                    epochs=2, teacher_epochs=1, batch_size=64, lr=0.05)
@@ -184,10 +184,7 @@ def test_a_resumed_run_reads_the_cost_matrix_from_its_checkpoint(tmp_path, monke
         return ExecOptions(results=tmp_path / folder, teacher_cache=tmp_path / "teachers", device="cpu",
                            progress=False, measure=False, log=lambda _: None, checkpoint_minutes=1e-9)
 
-    def computed(records: list[dict]) -> list[dict]:
-        return [{k: v for k, v in strip_timing(r).items() if k not in MACHINE} for r in records]
-
-    reference = computed(execute(specs, options("reference")))
+    reference = [computed(r) for r in execute(specs, options("reference"))]
     with monkeypatch.context() as patch:
         interrupt_at(patch, Member, "train_step", 30)
         with pytest.raises(Interrupt):
@@ -196,7 +193,7 @@ def test_a_resumed_run_reads_the_cost_matrix_from_its_checkpoint(tmp_path, monke
     cost = torch.load(saved, map_location="cpu", weights_only=True)["method"]["cost"]
     assert torch.equal(cost, cost.t()) and cost.diagonal().abs().max() < 1e-5 and cost.max() > 0
     monkeypatch.setattr(WassersteinLogitKD, "finish_teacher_pass", lambda self: None)  # the cost stays zero
-    assert computed(execute(specs, options("resumed"))) == reference
+    assert [computed(r) for r in execute(specs, options("resumed"))] == reference
 
 
 COST_DUMP = '''
@@ -226,7 +223,7 @@ def test_the_cost_matrix_is_the_same_under_torchrun_as_in_one_process(tmp_path, 
     import subprocess
     import sys
 
-    from tests.test_distributed import torchrun
+    from tests.helpers import torchrun
 
     plugin = tmp_path / "cost_dump.py"
     plugin.write_text(COST_DUMP)
